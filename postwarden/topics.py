@@ -1,0 +1,107 @@
+"""Every Kafka topic Postwarden uses, declared once.
+
+Faust does not create source topics and brokers auto-create with their own
+partition count, so `postwarden topics create` makes them all up front. All
+topics share one partition count: the policy stage joins per-recipient state
+with mail.verdicts, which only works when they are co-partitioned.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = logging.getLogger(__name__)
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    key: str
+    value: str
+    retention_ms: int
+    description: str
+    extra_config: dict[str, str] = field(default_factory=dict)
+
+    def config(self) -> dict[str, str]:
+        return {"retention.ms": str(self.retention_ms), **self.extra_config}
+
+
+INBOUND = TopicSpec(
+    "mail.inbound", "message id", "raw RFC 5322 bytes (envelope in record headers)",
+    7 * DAY_MS, "accepted mail from the ingest nodes",
+)
+VERDICTS = TopicSpec(
+    "mail.verdicts", "recipient address", "Verdict (msgpack)",
+    7 * DAY_MS, "one scored record per recipient",
+)
+DELIVER = TopicSpec(
+    "mail.deliver", "tenant", "RoutedMessage (msgpack)",
+    7 * DAY_MS, "clean mail waiting for delivery downstream",
+)
+QUARANTINE = TopicSpec(
+    "mail.quarantine", "recipient address", "RoutedMessage (msgpack)",
+    14 * DAY_MS, "held mail for the quarantine store",
+)
+NOTIFY = TopicSpec(
+    "mail.notify", "recipient address", "notification request (msgpack)",
+    7 * DAY_MS, "virus alerts and digests to send",
+)
+EVENTS = TopicSpec(
+    "mail.events", "tenant", "StatsEvent (msgpack, no personal data)",
+    3 * DAY_MS, "anonymous events, the only input of analytics",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOTIFY, EVENTS)
+
+
+def create_topics(
+    bootstrap: list[str], partitions: int, replication: int = 1, timeout: float = 30.0
+) -> dict[str, str]:
+    """Create every declared topic that is missing; returns name -> created|exists.
+
+    Idempotent and safe to run concurrently (an 'already exists' race counts as
+    exists). Raises KafkaError if the cluster cannot be reached within timeout.
+    """
+    deadline = time.monotonic() + timeout
+    admin = _connect(bootstrap, deadline)
+    try:
+        existing = set(admin.list_topics())
+        result: dict[str, str] = {}
+        for spec in ALL_TOPICS:
+            if spec.name in existing:
+                result[spec.name] = "exists"
+                continue
+            topic = NewTopic(
+                spec.name, partitions, replication, topic_configs=spec.config()
+            )
+            try:
+                admin.create_topics([topic], timeout_ms=int(max(1.0, deadline - time.monotonic()) * 1000))
+                result[spec.name] = "created"
+            except TopicAlreadyExistsError:
+                result[spec.name] = "exists"
+        return result
+    finally:
+        admin.close()
+
+
+def _connect(bootstrap: list[str], deadline: float) -> KafkaAdminClient:
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            return KafkaAdminClient(
+                bootstrap_servers=bootstrap,
+                client_id="postwarden-admin",
+                request_timeout_ms=10_000,
+            )
+        except KafkaError as exc:
+            last = exc
+            time.sleep(0.5)
+    raise KafkaError(f"cannot reach the Kafka cluster at {','.join(bootstrap)}: {last}")
