@@ -225,8 +225,16 @@ class Settings(BaseSettings):
     # Empty: embedded chdb under data_dir/clickhouse. Otherwise a clickhouse-driver URL,
     # e.g. clickhouse://user:password@host:9000/postwarden
     clickhouse_url: str = ""
+    # Kept out of the URL so it can come from a Kubernetes Secret.
+    clickhouse_password: str = Field(default="", repr=False)
     stats_flush_seconds: float = Field(default=2.0, gt=0, le=300)
-    stats_port: int = Field(default=8125, ge=0, le=65535)
+
+    # /healthz, /readyz and /metrics of this process (0 disables). `postwarden up`
+    # gives its children consecutive ports from here.
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=8080, ge=0, le=65535)
+    # Port of the broker `postwarden up` starts when no cluster is configured.
+    local_broker_port: int = Field(default=19092, ge=1, le=65535)
 
     app_id: str = Field(default="postwarden", pattern=r"^[A-Za-z0-9._-]+$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

@@ -29,6 +29,15 @@ def new_message_id() -> str:
     return f"{time.time_ns() // 1_000_000:012x}{os.urandom(10).hex()}"
 
 
+def verdict_label(virus: str | None, categories: list[str]) -> str:
+    """The one-word verdict used in events and metrics."""
+    if virus:
+        return "virus"
+    if "unparseable" in categories:
+        return "unparseable"
+    return "spam" if "spam" in categories else "clean"
+
+
 class _Record:
     VERSION: ClassVar[int] = 1
 

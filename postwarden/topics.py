@@ -95,11 +95,13 @@ def create_topics(
 def _connect(bootstrap: list[str], deadline: float) -> KafkaAdminClient:
     last: Exception | None = None
     while time.monotonic() < deadline:
+        remaining_ms = max(500, int((deadline - time.monotonic()) * 1000))
         try:
             return KafkaAdminClient(
                 bootstrap_servers=bootstrap,
                 client_id="postwarden-admin",
-                request_timeout_ms=10_000,
+                request_timeout_ms=min(10_000, remaining_ms),
+                bootstrap_timeout_ms=remaining_ms,
             )
         except KafkaError as exc:
             last = exc

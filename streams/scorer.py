@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from postwarden.records import Envelope, RuleHit
+from postwarden.records import Envelope, RuleHit, verdict_label
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +23,7 @@ class ScoreResult:
 
     @property
     def verdict(self) -> str:
-        if self.virus:
-            return "virus"
-        if "unparseable" in self.categories:
-            return "unparseable"
-        return "spam" if "spam" in self.categories else "clean"
+        return verdict_label(self.virus, self.categories)
 
 
 class Scorer(Protocol):

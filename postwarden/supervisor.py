@@ -1,0 +1,164 @@
+"""`postwarden up`: every part of Postwarden on one machine, under one supervisor.
+
+Children are separate processes (a crash in one cannot take down another, and
+the embedded ClickHouse lock belongs to the stats sink alone). A child that
+exits is restarted with growing backoff; SIGINT or SIGTERM stops them in
+reverse order of start: first the SMTP door closes, the broker goes last.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from postwarden.config import Settings
+from postwarden.local_services import ServiceError, Tansu, stop_pid, wait_port_free
+from postwarden.logs import setup_logging
+from postwarden.topics import create_topics
+
+log = logging.getLogger(__name__)
+
+# Start order: consumers before the SMTP door opens; stop order is the reverse.
+CHILDREN = ("stats", "worker", "ingest")
+_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"]}
+_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3}
+
+
+def child_health_port(settings: Settings, name: str) -> int:
+    """Children of `up` get fixed health ports after POSTWARDEN_HEALTH_PORT."""
+    return settings.health_port + _PORT_OFFSET[name] if settings.health_port else 0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    backoff: float = field(default=1.0)
+
+    def start(self) -> None:
+        # Own session: Ctrl-C reaches the supervisor alone, which stops children in order.
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.started_at = time.monotonic()
+        log.info("started", extra={"child": self.name, "pid": self.proc.pid})
+
+
+class Supervisor:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.broker: Tansu | None = None
+        self.children: list[Child] = []
+        self._stop = threading.Event()
+
+    def _env(self, bootstrap: str, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["POSTWARDEN_BOOTSTRAP_SERVERS"] = bootstrap
+        env["POSTWARDEN_DATA_DIR"] = str(self.settings.data_dir.resolve())
+        env["POSTWARDEN_HEALTH_PORT"] = str(child_health_port(self.settings, name))
+        if self.settings.tenants_file:
+            env["POSTWARDEN_TENANTS_FILE"] = str(self.settings.tenants_file.resolve())
+        return env
+
+    def _start_broker(self) -> str:
+        if self.settings.bootstrap_list:
+            return self.settings.bootstrap_servers
+        logs = self.settings.data_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        self.broker = Tansu(port=self.settings.local_broker_port, log_path=logs / "tansu.log")
+        self.broker.start()
+        log.info("local broker started", extra={"child": "tansu", "pid": self.broker.proc.pid})
+        return self.broker.bootstrap
+
+    def _create_topics(self, bootstrap: str) -> None:
+        create_topics(bootstrap.split(","), self.settings.topic_partitions,
+                      self.settings.replication_factor, timeout=60)
+
+    def run(self) -> int:
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            bootstrap = self._start_broker()
+            self._create_topics(bootstrap)
+        except (ServiceError, Exception) as exc:
+            print(f"postwarden up: cannot start the broker: {exc}", file=sys.stderr)
+            self._shutdown()
+            return 1
+        wait_port_free(self.settings.smtp_host, self.settings.smtp_port, timeout=5)
+        for name in CHILDREN:
+            child = Child(name, [sys.executable, "-m", "postwarden.cli", *_ARGS[name]],
+                          self._env(bootstrap, name))
+            child.start()
+            self.children.append(child)
+        self._banner()
+        while not self._stop.wait(0.5):
+            self._watch(bootstrap)
+        self._shutdown()
+        return 0
+
+    def _watch(self, bootstrap: str) -> None:
+        if self.broker and self.broker.proc and self.broker.proc.poll() is not None:
+            log.error("local broker exited, restarting", extra={
+                "child": "tansu", "returncode": self.broker.proc.returncode})
+            self.broker.start()
+            # Memory storage: a restarted broker has no topics until we create them again.
+            self._create_topics(bootstrap)
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                if child.proc and time.monotonic() - child.started_at > 60:
+                    child.backoff = 1.0
+                continue
+            code = child.proc.returncode
+            log.error("child exited, restarting", extra={
+                "child": child.name, "returncode": code, "attempt": child.restarts + 1})
+            if self._stop.wait(child.backoff):
+                return
+            child.backoff = min(child.backoff * 2, 30.0)
+            child.restarts += 1
+            child.start()
+
+    def _banner(self) -> None:
+        s = self.settings
+        tenants = s.tenants()
+        domain = tenants.all[0].domains[0]
+        print(
+            "\nPostwarden is up.\n"
+            f"  SMTP ingest:   {s.smtp_host}:{s.smtp_port}  (domains: "
+            f"{', '.join(d for t in tenants.all for d in t.domains)})\n"
+            f"  Health/metrics: http://{s.health_host}:{child_health_port(s, 'ingest')}/metrics (ingest), "
+            f":{child_health_port(s, 'worker')} (worker), :{child_health_port(s, 'stats')} (stats sink)\n"
+            f"  Analytics:     {s.clickhouse_url or 'embedded ClickHouse at ' + str((s.data_dir / 'clickhouse').resolve())}\n"
+            "Send a message:\n"
+            f"  postwarden send examples/hello.eml --to alice@{domain}\n"
+            "See the counts (after a few seconds):\n"
+            "  postwarden stats\n"
+            "Stop with Ctrl-C.\n",
+            flush=True,
+        )
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def _shutdown(self) -> None:
+        for child in reversed(self.children):
+            if child.proc is not None:
+                stop_pid(child.proc, timeout=15)
+                log.info("stopped", extra={"child": child.name, "returncode": child.proc.returncode})
+        if self.broker:
+            self.broker.stop()
+
+
+def run_up(settings: Settings) -> int:
+    setup_logging(settings.log_level)
+    settings.tenants()  # a bad tenants file fails here, before anything starts
+    sup = Supervisor(settings)
+    signal.signal(signal.SIGTERM, sup.request_stop)
+    signal.signal(signal.SIGINT, sup.request_stop)
+    return sup.run()

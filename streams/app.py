@@ -1,0 +1,72 @@
+"""The Faust application: one app, topics declared from postwarden.topics.
+
+Agents live in their own modules (score_agent, policy_agent) and are imported
+by ``worker_main`` so that importing the app alone has no side effects beyond
+building it.
+"""
+
+from __future__ import annotations
+
+import faust
+
+from postwarden.config import load_settings
+from postwarden.topics import TopicSpec
+
+settings = load_settings()
+
+app = faust.App(
+    settings.app_id,
+    broker=[f"kafka://{s}" for s in settings.bootstrap_list] or "kafka://127.0.0.1:9092",
+    store="memory://",
+    topic_partitions=settings.topic_partitions,
+    topic_replication_factor=settings.replication_factor,
+    # Topics are created by `postwarden topics create` with their retention.
+    topic_allow_declare=False,
+    producer_acks=-1,
+    consumer_auto_offset_reset="earliest",
+    broker_session_timeout=6,
+    broker_heartbeat_interval=1,
+    web_enabled=settings.health_port != 0,
+    web_host=settings.health_host,
+    web_port=settings.health_port or 6066,
+    web_in_thread=False,
+    autodiscover=False,
+    datadir=str(settings.data_dir / "faust"),
+    # Faust configures logging itself; route it through the same JSON formatter.
+    logging_config={
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "postwarden.logs.JsonFormatter"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
+        "root": {"handlers": ["stderr"], "level": settings.log_level},
+        "loggers": {"aiokafka": {"level": "WARNING"}, "kafka": {"level": "WARNING"}},
+    },
+)
+
+
+def topic(spec: TopicSpec) -> faust.TopicT:
+    """Raw bytes on both sides: records encode themselves (postwarden.records)."""
+    return app.topic(spec.name, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw",
+                     partitions=settings.topic_partitions)
+
+
+# Faust starts its web server only after table recovery, so answering at all
+# means started; readiness also requires that no rebalance is in progress.
+@app.page("/healthz")
+async def healthz(web, request):
+    return web.text("ok\n")
+
+
+@app.page("/readyz")
+async def readyz(web, request):
+    if app.rebalancing:
+        return web.text("rebalancing\n", status=503)
+    return web.text("ready\n")
+
+
+@app.page("/metrics")
+async def metrics(web, request):
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    return web.bytes(generate_latest(), content_type=CONTENT_TYPE_LATEST.split(";")[0])

@@ -1,0 +1,57 @@
+"""Score agent: mail.inbound -> one Verdict per recipient on mail.verdicts."""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter
+
+from postwarden.records import Envelope, RecordError, RuleHit, Verdict
+from postwarden.topics import INBOUND, VERDICTS
+from streams.app import app, topic
+from streams.placeholder_scorer import PlaceholderScorer
+from streams.scorer import Scorer
+
+log = logging.getLogger(__name__)
+
+SCORED = Counter("postwarden_scored_messages_total", "Messages scored", ["verdict"])
+DROPPED = Counter("postwarden_score_invalid_records_total",
+                  "mail.inbound records without a usable envelope (left on the topic)")
+
+inbound = topic(INBOUND)
+verdicts = topic(VERDICTS)
+scorer: Scorer = PlaceholderScorer()
+
+
+def fan_out(envelope: Envelope, raw: bytes, result) -> list[Verdict]:
+    rules = [{"name": h.name, "score": h.score, "description": h.description}
+             for h in result.rules if isinstance(h, RuleHit)]
+    return [
+        Verdict(
+            message_id=envelope.message_id, tenant=envelope.tenant, recipient=rcpt,
+            mail_from=envelope.mail_from, received_at=envelope.received_at,
+            size=envelope.size, spam_score=result.spam_score,
+            category_scores=dict(result.category_scores), categories=list(result.categories),
+            virus=result.virus, rules=rules, scorer=scorer.name, raw=raw,
+        )
+        for rcpt in envelope.rcpt_tos
+    ]
+
+
+@app.agent(inbound)
+async def score(stream):
+    async for event in stream.events():
+        try:
+            envelope = Envelope.from_headers(event.headers)
+        except RecordError as exc:
+            # Not ours to guess: the record stays on mail.inbound for inspection.
+            DROPPED.inc()
+            log.error("skipping record without envelope", extra={
+                "partition": event.message.partition, "offset": event.message.offset,
+                "reason": str(exc)})
+            continue
+        raw = event.value
+        result = await scorer.score(raw, envelope)
+        SCORED.labels(result.verdict).inc()
+        for verdict in fan_out(envelope, raw, result):
+            await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
