@@ -60,8 +60,8 @@ migration hook (which runs before that ConfigMap exists).
 */}}
 {{- define "postwarden.settings" -}}
 POSTWARDEN_BOOTSTRAP_SERVERS: {{ .Values.kafka.bootstrapServers | quote }}
-POSTWARDEN_TOPIC_PARTITIONS: {{ .Values.kafka.partitions | quote }}
-POSTWARDEN_REPLICATION_FACTOR: {{ .Values.kafka.replicationFactor | quote }}
+POSTWARDEN_TOPIC_PARTITIONS: {{ .Values.kafka.partitions | int64 | quote }}
+POSTWARDEN_REPLICATION_FACTOR: {{ .Values.kafka.replicationFactor | int64 | quote }}
 POSTWARDEN_KAFKA_TLS: {{ .Values.kafka.tls.enabled | quote }}
 {{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
 POSTWARDEN_KAFKA_TLS_CA_FILE: "/etc/postwarden/kafka-ca/ca.crt"
@@ -76,7 +76,7 @@ POSTWARDEN_DATA_DIR: "/var/lib/postwarden"
 POSTWARDEN_HEALTH_PORT: "8080"
 POSTWARDEN_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 POSTWARDEN_APP_ID: {{ .Values.config.appId | quote }}
-POSTWARDEN_MAX_MESSAGE_SIZE: {{ .Values.config.maxMessageSize | quote }}
+POSTWARDEN_MAX_MESSAGE_SIZE: {{ .Values.config.maxMessageSize | int64 | quote }}
 {{- if .Values.clamav.enabled }}
 POSTWARDEN_CLAMAV_ADDRESS: {{ include "postwarden.clamavAddress" . | quote }}
 {{- end }}
