@@ -175,6 +175,7 @@ hookSecret names the migration hook's copy of the chart-managed passwords.
 {{- define "postwarden.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
+{{- /* A subPath mount never sees ConfigMap updates; the checksum/tenants annotation rolls the pods instead. */}}
 - name: tenants
   mountPath: /etc/postwarden/tenants.yaml
   subPath: tenants.yaml
