@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from helmchart import GET_HELM, VALUES_FILES, Helm
+from tests.deploy.helmchart import GET_HELM, VALUES_FILES, Helm
 
 
 @pytest.fixture(scope="session")

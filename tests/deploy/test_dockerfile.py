@@ -10,7 +10,7 @@ import sys
 import zipfile
 from configparser import ConfigParser
 
-from helmchart import ROOT
+from tests.deploy.helmchart import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -17,7 +17,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from helmchart import CHART, GET_HELM, HELM_SHA256, ROOT, VALUES_FILES
+from tests.deploy.helmchart import CHART, GET_HELM, HELM_SHA256, ROOT, VALUES_FILES
 
 from postwarden.config import TenantsFile, load_settings
 from postwarden.topics import ALL_TOPICS

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 import yaml
 
-from helmchart import CHART, VALUES_FILES
+from tests.deploy.helmchart import CHART, VALUES_FILES
 
 # (helm arguments, text that must appear in helm's error output)
 REJECTED = {
