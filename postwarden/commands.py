@@ -36,6 +36,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     csub.add_parser("migrate", help="create or migrate the analytics schema").set_defaults(
         func=cmd_clickhouse_migrate)
 
+    keys = sub.add_parser("keys", help="master keys (see postwarden.keyring)")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    ksub.add_parser("rotate", help="add a new current master key; older keys stay readable").set_defaults(
+        func=cmd_keys_rotate)
+
     up = sub.add_parser("up", help="run everything on this machine (starts a local broker if none is configured)")
     up.set_defaults(func=cmd_up)
 
@@ -135,6 +140,16 @@ def cmd_clickhouse_migrate(args: argparse.Namespace) -> int:
         print(f"postwarden: {exc}", file=sys.stderr)
         return 1
     print(f"schema up to date on {store.backend} {version}")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from postwarden.keyring import rotate
+
+    settings = load_settings()
+    path = settings.keys_file or settings.data_dir / "keys.json"
+    settings.keyring()  # creates the file on first use, validates it otherwise
+    print(f"new current master key {rotate(path)} in {path}")
     return 0
 
 

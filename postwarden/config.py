@@ -15,7 +15,7 @@ import re
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import yaml
 from pydantic import (
@@ -27,6 +27,9 @@ from pydantic import (
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from postwarden.keyring import Keyring
 
 ENV_PREFIX = "POSTWARDEN_"
 EXAMPLE_TENANTS = "examples/tenants.yaml"
@@ -215,6 +218,8 @@ class Settings(BaseSettings):
 
     tenants_file: Path | None = None
     data_dir: Path = Path("var")
+    # Master keys (JSON, see postwarden.keyring); default: generated under data_dir.
+    keys_file: Path | None = None
 
     smtp_host: str = "127.0.0.1"
     smtp_port: int = Field(default=2525, ge=1, le=65535)
@@ -262,6 +267,13 @@ class Settings(BaseSettings):
 
     def tenants(self) -> Tenants:
         return load_tenants(self.tenants_file)
+
+    def keyring(self) -> Keyring:
+        from postwarden.keyring import Keyring
+
+        if self.keys_file is not None:
+            return Keyring.load(self.keys_file)
+        return Keyring.load_or_create(self.data_dir / "keys.json")
 
 
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:
