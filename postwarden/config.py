@@ -241,6 +241,12 @@ class Settings(BaseSettings):
     # Port of the broker `postwarden up` starts when no cluster is configured.
     local_broker_port: int = Field(default=19092, ge=1, le=65535)
 
+    # Message Center and provider API (`postwarden web`), and the address users reach
+    # it at: links in digests and alerts are built on public_url.
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=1, le=65535)
+    public_url: str = "http://127.0.0.1:8000"
+
     app_id: str = Field(default="postwarden", pattern=r"^[A-Za-z0-9._-]+$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
