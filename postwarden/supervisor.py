@@ -17,8 +17,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from kafka.errors import KafkaError
+
 from postwarden.config import Settings
-from postwarden.local_services import ServiceError, Tansu, stop_pid, wait_port_free
+from postwarden.local_services import SeaweedFS, ServiceError, Tansu, stop_pid, wait_port_free
 from postwarden.logs import setup_logging
 from postwarden.topics import create_topics
 
@@ -56,6 +58,7 @@ class Supervisor:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.broker: Tansu | None = None
+        self.storage: SeaweedFS | None = None
         self.children: list[Child] = []
         self._stop = threading.Event()
 
@@ -73,7 +76,14 @@ class Supervisor:
             return self.settings.bootstrap_servers
         logs = self.settings.data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
-        self.broker = Tansu(port=self.settings.local_broker_port, log_path=logs / "tansu.log")
+        if self.settings.local_broker_storage == "disk":
+            base = self.settings.local_storage_port
+            self.storage = SeaweedFS(self.settings.data_dir / "broker",
+                                     ports=(base, base + 1, base + 2, base + 3))
+            self.storage.start()
+            log.info("broker storage started", extra={"child": "seaweedfs", "pid": self.storage.proc.pid})
+        self.broker = Tansu(port=self.settings.local_broker_port, log_path=logs / "tansu.log",
+                            s3=self.storage)
         self.broker.start()
         log.info("local broker started", extra={"child": "tansu", "pid": self.broker.proc.pid})
         return self.broker.bootstrap
@@ -87,7 +97,7 @@ class Supervisor:
         try:
             bootstrap = self._start_broker()
             self._create_topics(bootstrap)
-        except (ServiceError, Exception) as exc:
+        except (ServiceError, KafkaError, OSError) as exc:
             print(f"postwarden up: cannot start the broker: {exc}", file=sys.stderr)
             self._shutdown()
             return 1
@@ -104,11 +114,15 @@ class Supervisor:
         return 0
 
     def _watch(self, bootstrap: str) -> None:
+        if self.storage and self.storage.proc and self.storage.proc.poll() is not None:
+            log.error("broker storage exited, restarting", extra={
+                "child": "seaweedfs", "returncode": self.storage.proc.returncode})
+            self.storage.start()
         if self.broker and self.broker.proc and self.broker.proc.poll() is not None:
             log.error("local broker exited, restarting", extra={
                 "child": "tansu", "returncode": self.broker.proc.returncode})
             self.broker.start()
-            # Memory storage: a restarted broker has no topics until we create them again.
+            # With memory storage a restarted broker has no topics until we create them again.
             self._create_topics(bootstrap)
         for child in self.children:
             if child.proc is None or child.proc.poll() is None:
@@ -153,6 +167,8 @@ class Supervisor:
                 log.info("stopped", extra={"child": child.name, "returncode": child.proc.returncode})
         if self.broker:
             self.broker.stop()
+        if self.storage:
+            self.storage.stop()
 
 
 def run_up(settings: Settings) -> int:

@@ -71,6 +71,19 @@ def create_topics(
     exists). Raises KafkaError if the cluster cannot be reached within timeout.
     """
     deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return _create_missing(bootstrap, partitions, replication, deadline)
+        except KafkaError as exc:
+            # A broker that just started may answer before its storage is ready.
+            if time.monotonic() >= deadline:
+                raise KafkaError(f"cannot create topics on {','.join(bootstrap)}: {exc}") from exc
+            log.debug("topic creation failed, retrying: %s", exc)
+            time.sleep(0.5)
+
+
+def _create_missing(bootstrap: list[str], partitions: int, replication: int,
+                    deadline: float) -> dict[str, str]:
     admin = _connect(bootstrap, deadline)
     try:
         existing = set(admin.list_topics())
@@ -79,9 +92,7 @@ def create_topics(
             if spec.name in existing:
                 result[spec.name] = "exists"
                 continue
-            topic = NewTopic(
-                spec.name, partitions, replication, topic_configs=spec.config()
-            )
+            topic = NewTopic(spec.name, partitions, replication, topic_configs=spec.config())
             try:
                 admin.create_topics([topic], timeout_ms=int(max(1.0, deadline - time.monotonic()) * 1000))
                 result[spec.name] = "created"
