@@ -125,6 +125,7 @@ def run_training(
     manifest: Path, corpus: Path, out: Path | None,
     offsets_for: Callable[[ParsedMessage], float] | None = None,
     log: Callable[[str], None] = print,
+    iterations: int = ITERATIONS,
 ) -> tuple[SpamModel, CvReport]:
     started = time.monotonic()
     examples = load_examples(manifest, corpus)
@@ -141,7 +142,7 @@ def run_training(
     for k in range(FOLDS):
         train_idx = np.flatnonzero(fold != k)
         test_idx = np.flatnonzero(fold == k)
-        w, b = fit(x.take(train_idx), y[train_idx], offset[train_idx], L2, ITERATIONS)
+        w, b = fit(x.take(train_idx), y[train_idx], offset[train_idx], L2, iterations)
         oof[test_idx] = x.take(test_idx).dot(w) + b + offset[test_idx]
         log(f"  fold {k + 1}/{FOLDS} done ({time.monotonic() - started:.0f} s)")
     cut = choose_threshold(oof, y, TARGET_FPR)
@@ -152,7 +153,7 @@ def run_training(
     report = CvReport(FOLDS, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group)
 
-    w, b = fit(x, y, offset, L2, ITERATIONS)
+    w, b = fit(x, y, offset, L2, iterations)
     w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     meta = {
@@ -161,7 +162,7 @@ def run_training(
         "dim": DIM,
         "trained_on": {"manifest_sha256": manifest_digest, "messages": len(examples),
                        "spam": report.spam, "ham": report.ham},
-        "hyperparameters": {"l2": L2, "iterations": ITERATIONS, "folds": FOLDS},
+        "hyperparameters": {"l2": L2, "iterations": iterations, "folds": FOLDS},
         "target_fpr": TARGET_FPR,
         "cv": {"spam_caught": round(caught, 5), "ham_flagged": round(flagged, 5),
                "spam_caught_at_half": round(caught_half, 5),
