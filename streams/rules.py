@@ -105,7 +105,7 @@ class MalformedMessageId(Rule):
 class MissingTo(Rule):
     name = "MISSING_TO"
     description = "No To or Cc header naming a recipient"
-    score = 0.5
+    score = 0.2
 
     def check(self, ctx: RuleContext) -> bool:
         return "@" not in ctx.msg.get("to") and "@" not in ctx.msg.get("cc")
@@ -230,7 +230,7 @@ _WORDS_RE = re.compile(r"\w{3,}")
 class HtmlTextMismatch(Rule):
     name = "HTML_TEXT_MISMATCH"
     description = "Plain-text and HTML alternatives say different things"
-    score = 1.5
+    score = 0.5
 
     def check(self, ctx: RuleContext) -> bool:
         for text, html_text in ctx.msg.alternative_pairs:
@@ -314,7 +314,7 @@ _SHOWN_HOST_RE = re.compile(r"^(?:https?://)?(?:www\.)?((?:[a-z0-9-]+\.)+[a-z]{2
 class UrlTextMismatch(Rule):
     name = "URL_TEXT_MISMATCH"
     description = "Link text shows one site while the link goes to another"
-    score = 2.5
+    score = 1.0
     category = "phishing"
 
     def check(self, ctx: RuleContext) -> bool:

@@ -90,6 +90,8 @@ class CvReport:
     spam_caught_at_half: float
     ham_flagged_at_half: float
     by_group: dict[str, float]
+    # (false-positive budget, spam caught at the cut that keeps within it)
+    operating_points: list[tuple[float, float]]
 
     def lines(self) -> list[str]:
         out = [
@@ -98,6 +100,8 @@ class CvReport:
             f"    spam caught {self.spam_caught:.2%}   ham wrongly flagged {self.ham_flagged:.2%}",
             "  at probability 0.5 (no threshold tuning):",
             f"    spam caught {self.spam_caught_at_half:.2%}   ham wrongly flagged {self.ham_flagged_at_half:.2%}",
+            "  spam caught at other ham budgets: "
+            + ", ".join(f"{caught:.2%} at <= {fpr:.1%}" for fpr, caught in self.operating_points),
             "  flagged share per group at the shipped threshold: "
             + ", ".join(f"{g} {v:.2%}" for g, v in sorted(self.by_group.items())),
         ]
@@ -150,8 +154,9 @@ def run_training(
     caught_half, flagged_half = _rates(oof, y, 0.0)
     by_group = {g: float((oof[[i for i, gg in enumerate(groups) if gg == g]] >= cut).mean())
                 for g in sorted(set(groups))}
+    points = [(fpr, _rates(oof, y, choose_threshold(oof, y, fpr))[0]) for fpr in (0.002, 0.005, 0.01)]
     report = CvReport(FOLDS, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
-                      caught_half, flagged_half, by_group)
+                      caught_half, flagged_half, by_group, points)
 
     w, b = fit(x, y, offset, L2, iterations)
     w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
