@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from streams.mime_parser import ParsedMessage
 
@@ -87,63 +87,57 @@ class AttachmentReport:
     archive_too_deep: bool = False
     archive_bomb: bool = False
     corrupt_archive: bool = False
-    reasons: list[str] = field(default_factory=list)
 
     @property
     def dangerous(self) -> bool:
         return any((self.blocked_name, self.blocked_type, self.double_extension, self.type_mismatch,
                     self.encrypted_archive, self.archive_too_deep, self.archive_bomb))
 
-    def _flag(self, attr: str, reason: str) -> None:
-        setattr(self, attr, True)
-        if reason not in self.reasons:
-            self.reasons.append(reason)
-
 
 def _check_name(name: str, report: AttachmentReport) -> None:
     ext = _extension(name)
     if ext in BLOCKED_EXTENSIONS:
-        report._flag("blocked_name", f"blocked extension .{ext}")
+        report.blocked_name = True
     if _double_extension(name):
-        report._flag("double_extension", "document extension hiding an executable one")
+        report.double_extension = True
 
 
 def _check_content(name: str, data: bytes, depth: int, report: AttachmentReport) -> None:
     kind = sniff(data)
     ext = _extension(name)
     if kind == "executable":
-        report._flag("blocked_type", "executable content")
+        report.blocked_type = True
         if ext and ext not in BLOCKED_EXTENSIONS:
-            report._flag("type_mismatch", "executable content under a harmless name")
+            report.type_mismatch = True
     elif kind in ("zip", "rar", "7z", "cab", "gzip") and ext in _DOCUMENT_EXTENSIONS - {"docx", "xlsx", "pptx", "odt", "ods"}:
-        report._flag("type_mismatch", "archive under a document name")
+        report.type_mismatch = True
     if kind == "zip":
         _check_zip(data, depth + 1, report)
 
 
 def _check_zip(data: bytes, depth: int, report: AttachmentReport) -> None:
     if depth > MAX_ARCHIVE_DEPTH:
-        report._flag("archive_too_deep", f"archives nested deeper than {MAX_ARCHIVE_DEPTH}")
+        report.archive_too_deep = True
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
         members = archive.infolist()
     except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, EOFError):
-        report._flag("corrupt_archive", "archive cannot be read")
+        report.corrupt_archive = True
         return
     if len(members) > MAX_MEMBERS:
-        report._flag("archive_bomb", "archive with too many members")
+        report.archive_bomb = True
         members = members[:MAX_MEMBERS]
     expanded = sum(m.file_size for m in members)
     compressed = sum(m.compress_size for m in members)
     if expanded > MAX_EXPANDED_BYTES or (expanded > 1024 * 1024 and expanded > MAX_RATIO * max(compressed, 1)):
-        report._flag("archive_bomb", "archive expands beyond the size and ratio limits")
+        report.archive_bomb = True
         return
     for member in members:
         if member.is_dir():
             continue
         if member.flag_bits & 0x1:
-            report._flag("encrypted_archive", "encrypted archive member")
+            report.encrypted_archive = True
         _check_name(member.filename, report)
         if member.flag_bits & 0x1 or member.compress_size > MAX_NESTED_READ:
             continue
@@ -152,13 +146,13 @@ def _check_zip(data: bytes, depth: int, report: AttachmentReport) -> None:
                 # Declared sizes can lie: never read past the limit.
                 content = fh.read(MAX_NESTED_READ + 1)
         except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, EOFError, RuntimeError):
-            report._flag("corrupt_archive", "archive member cannot be read")
+            report.corrupt_archive = True
             continue
         except Exception:  # zlib.error and friends from a damaged member
-            report._flag("corrupt_archive", "archive member cannot be read")
+            report.corrupt_archive = True
             continue
         if len(content) > MAX_NESTED_READ:
-            report._flag("archive_bomb", "archive member expands beyond the size limit")
+            report.archive_bomb = True
             continue
         _check_content(member.filename, content, depth, report)
 
@@ -171,6 +165,6 @@ def inspect(msg: ParsedMessage) -> AttachmentReport:
         if part.filename:
             _check_name(part.filename, report)
         if part.content_type in BLOCKED_CONTENT_TYPES:
-            report._flag("blocked_type", "blocked content type")
+            report.blocked_type = True
         _check_content(part.filename, part.payload, 0, report)
     return report
