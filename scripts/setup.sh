@@ -32,7 +32,8 @@ echo "setup: installing Python packages (.[$extra])"
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[$extra]"
 
-if [ "$profile" = test ] && [ -f scripts/get-helm.sh ]; then
+if [ "$profile" = test ]; then
+    bash scripts/setup-clamav.sh
     bash scripts/get-helm.sh
 fi
 echo "setup: done"

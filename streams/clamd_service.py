@@ -1,0 +1,99 @@
+"""Run Debian's clamd as a child process from a directory of its own.
+
+Used by the tests and the one-machine profile. clamd refuses to start
+without signatures; the caller passes the database files to write (tests use
+the EICAR test signature), so no signature download is ever needed here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from postwarden.local_services import ServiceError, free_port, stop_pid, wait_for_port
+
+EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
+EICAR_SIGNATURES = {
+    # Body signature, matched anywhere in any file clamd extracts (MIME parts, archive members).
+    "eicar.ndb": f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n",
+}
+
+
+def clamd_binary() -> Path:
+    found = shutil.which("clamd") or ("/usr/sbin/clamd" if Path("/usr/sbin/clamd").exists() else None)
+    if not found:
+        raise ServiceError("clamd not installed (scripts/setup-clamav.sh installs it)")
+    return Path(found)
+
+
+@dataclass
+class ClamdServer:
+    workdir: Path
+    signatures: dict[str, str] = field(default_factory=lambda: dict(EICAR_SIGNATURES))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.workdir / "clamd.sock"
+
+    @property
+    def unix_address(self) -> str:
+        return f"unix://{self.socket_path}"
+
+    def _write_config(self) -> Path:
+        db = self.workdir / "db"
+        db.mkdir(parents=True, exist_ok=True)
+        for name, text in self.signatures.items():
+            (db / name).write_text(text)
+        conf = self.workdir / "clamd.conf"
+        conf.write_text("\n".join([
+            "Foreground yes",
+            f"DatabaseDirectory {db}",
+            "TCPAddr 127.0.0.1",
+            f"TCPSocket {self.port}",
+            f"LocalSocket {self.socket_path}",
+            f"LogFile {self.workdir / 'clamd.log'}",
+            f"TemporaryDirectory {self.workdir}",
+            # The daemon runs as whoever starts it; dropping to the clamav user
+            # would lose access to this private directory.
+            "User root" if _is_root() else "",
+            "ScanMail yes",
+            "ScanArchive yes",
+            "StreamMaxLength 50M",
+            "MaxThreads 4",
+            "",
+        ]))
+        return conf
+
+    def start(self, timeout: float = 30.0) -> ClamdServer:
+        conf = self._write_config()
+        self.proc = subprocess.Popen(
+            [str(clamd_binary()), "--config-file", str(conf)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_for_port("127.0.0.1", self.port, timeout, self.proc)
+        except ServiceError as exc:
+            self.stop()
+            log = (self.workdir / "clamd.log")
+            detail = log.read_text()[-2000:] if log.exists() else ""
+            raise ServiceError(f"clamd did not start: {exc}\n{detail}") from exc
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc)
+            if self.proc.stderr:
+                self.proc.stderr.close()
+            self.proc = None
+
+
+def _is_root() -> bool:
+    return os.geteuid() == 0

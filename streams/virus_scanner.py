@@ -1,0 +1,109 @@
+"""ClamAV client speaking clamd's INSTREAM protocol over TCP or a unix socket.
+
+The raw message is streamed as it arrived: clamd decodes MIME, transfer
+encodings and archives itself, so one round trip covers every attachment.
+Anything short of a definite answer from clamd (refused, timed out, size
+limit, protocol garbage) is a scan failure, which the engine turns into a
+held message: nothing passes unscanned because the daemon was down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    status: str  # "clean", "infected" or "error"
+    signature: str = ""
+    error: str = ""
+
+
+@dataclass(frozen=True)
+class ClamdAddress:
+    host: str = ""
+    port: int = 0
+    path: str = ""
+
+    @classmethod
+    def parse(cls, spec: str) -> ClamdAddress:
+        """``tcp://host:port`` or ``unix:///path/to/clamd.sock``."""
+        url = urlparse(spec.strip())
+        if url.scheme == "unix" and url.path:
+            return cls(path=url.path)
+        if url.scheme == "tcp" and url.hostname and url.port:
+            return cls(host=url.hostname, port=url.port)
+        raise ValueError(f"clamd address {spec!r}: expected tcp://host:port or unix:///path")
+
+    def __str__(self) -> str:
+        return f"unix://{self.path}" if self.path else f"tcp://{self.host}:{self.port}"
+
+
+class ClamdScanner:
+    def __init__(self, address: ClamdAddress, timeout: float = 30.0, connect_timeout: float = 2.0):
+        self.address = address
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.address.path:
+            conn = asyncio.open_unix_connection(self.address.path)
+        else:
+            conn = asyncio.open_connection(self.address.host, self.address.port)
+        return await asyncio.wait_for(conn, self.connect_timeout)
+
+    async def ping(self) -> bool:
+        try:
+            reader, writer = await self._open()
+        except (OSError, asyncio.TimeoutError):
+            return False
+        try:
+            writer.write(b"zPING\0")
+            await writer.drain()
+            return await asyncio.wait_for(reader.readuntil(b"\0"), self.connect_timeout) == b"PONG\0"
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            return False
+        finally:
+            writer.close()
+
+    async def scan(self, data: bytes) -> ScanResult:
+        try:
+            reader, writer = await self._open()
+        except (OSError, asyncio.TimeoutError) as exc:
+            return ScanResult("error", error=f"connect: {type(exc).__name__}")
+        try:
+            return await asyncio.wait_for(self._instream(reader, writer, data), self.timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
+                asyncio.LimitOverrunError) as exc:
+            return ScanResult("error", error=f"instream: {type(exc).__name__}")
+        finally:
+            writer.close()
+
+    async def _instream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                        data: bytes) -> ScanResult:
+        writer.write(b"zINSTREAM\0")
+        view = memoryview(data)
+        for start in range(0, len(view), CHUNK):
+            chunk = view[start:start + CHUNK]
+            writer.write(struct.pack("!I", len(chunk)))
+            writer.write(chunk)
+            await writer.drain()
+        writer.write(struct.pack("!I", 0))
+        await writer.drain()
+        reply = (await reader.readuntil(b"\0")).rstrip(b"\0").decode("utf-8", "replace")
+        return parse_reply(reply)
+
+
+def parse_reply(reply: str) -> ScanResult:
+    """``stream: OK`` / ``stream: <name> FOUND`` / ``... ERROR``."""
+    _, _, verdict = reply.partition(": ")
+    if verdict == "OK":
+        return ScanResult("clean")
+    if verdict.endswith(" FOUND"):
+        return ScanResult("infected", signature=verdict[: -len(" FOUND")].strip())
+    return ScanResult("error", error=(verdict or reply)[:200])

@@ -1,0 +1,95 @@
+from __future__ import annotations
+
+import hashlib
+import random
+
+import numpy as np
+import pytest
+
+from streams.mime_parser import parse
+from streams.spam_model import DIM, FEATURE_VERSION, SpamModel, features
+from streams.training import choose_threshold, run_training
+from tests.streams.scoring_fixtures import plain_message
+
+SPAM_WORDS = "free offer cash prize click claim guaranteed winner credit limited viagra money".split()
+HAM_WORDS = "meeting agenda patch review kernel build release notes lunch tomorrow thanks".split()
+
+
+def test_shipped_model_loads_with_metadata():
+    model = SpamModel.load()
+    assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
+    assert model.weights.shape == (DIM,) and model.weights.dtype == np.float32
+    assert model.meta["trained_on"]["messages"] > 1000
+    assert 0 < model.meta["cv"]["spam_caught"] <= 1
+
+
+def test_predictions_are_deterministic_across_loads():
+    raw = plain_message(body="Please review the release notes before the meeting.")
+    first = SpamModel.load().logit(features(parse(raw)))
+    second = SpamModel.load().logit(features(parse(raw)))
+    assert first == second
+
+
+def test_features_are_stable_sorted_indices():
+    msg = parse(plain_message())
+    ids = features(msg)
+    assert ids == sorted(set(ids)) and all(0 <= i < DIM for i in ids)
+    # crc32-based hashing does not depend on PYTHONHASHSEED.
+    assert ids == features(parse(plain_message()))
+
+
+def test_artifact_from_another_feature_version_is_refused(tmp_path):
+    model = SpamModel.load()
+    stale = SpamModel(model.weights, model.bias, {**model.meta, "feature_version": FEATURE_VERSION + 1})
+    stale.save(tmp_path / "stale.npz")
+    with pytest.raises(ValueError, match="retrain"):
+        SpamModel.load(tmp_path / "stale.npz")
+
+
+def _corpus(tmp_path):
+    rng = random.Random(7)
+    data = tmp_path / "data"
+    lines = ["sha256\tlabel\tgroup"]
+    for i in range(40):
+        spam = i % 2 == 0
+        words = SPAM_WORDS if spam else HAM_WORDS
+        body = " ".join(rng.choice(words) for _ in range(40))
+        raw = b"From x@y Mon Jan  1 00:00:00 2002\n" + plain_message(body=body, subject=f"note {i}")
+        group = "spam" if spam else "easy_ham"
+        (data / group).mkdir(parents=True, exist_ok=True)
+        (data / group / f"{i:05d}.txt").write_bytes(raw)
+        lines.append(f"{hashlib.sha256(raw).hexdigest()}\t{'spam' if spam else 'ham'}\t{group}")
+    # A corpus file outside the manifest must not be read as training input.
+    (data / "spam" / "held-out.txt").write_bytes(plain_message(body="held out"))
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, data
+
+
+def test_training_is_reproducible_and_learns(tmp_path):
+    manifest, data = _corpus(tmp_path)
+    quiet = lambda line: None  # noqa: E731
+    m1, report = run_training(manifest, data, tmp_path / "a.npz", log=quiet, iterations=60)
+    m2, _ = run_training(manifest, data, tmp_path / "b.npz", log=quiet, iterations=60)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    assert report.spam == 20 and report.ham == 20 and report.spam_caught_at_half == 1.0
+    loaded = SpamModel.load(tmp_path / "a.npz")
+    spammy = loaded.logit(features(parse(plain_message(body=" ".join(SPAM_WORDS)))))
+    hammy = loaded.logit(features(parse(plain_message(body=" ".join(HAM_WORDS)))))
+    assert spammy > 0 > hammy
+    assert loaded.meta["trained_on"]["messages"] == 40
+
+
+def test_missing_manifest_messages_are_an_error(tmp_path):
+    manifest, data = _corpus(tmp_path)
+    manifest.write_text(manifest.read_text() + "0" * 64 + "\tspam\tspam\n")
+    with pytest.raises(FileNotFoundError, match="1 of 41"):
+        run_training(manifest, data, None, log=lambda line: None, iterations=5)
+
+
+def test_threshold_keeps_false_positives_within_target():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(-3, 1, 2000), rng.normal(3, 1, 1000)])
+    y = np.concatenate([np.zeros(2000), np.ones(1000)])
+    cut = choose_threshold(scores, y, 0.001)
+    assert (scores[y == 0] >= cut).sum() <= 2

@@ -1,0 +1,82 @@
+"""Against a real clamd started with the EICAR test signature (see scoring_fixtures)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from postwarden.local_services import free_port
+from postwarden.records import Envelope
+from streams.scoring_engine import SCAN_UNAVAILABLE, ScoringEngine
+from streams.virus_scanner import ClamdAddress, ClamdScanner, parse_reply
+from tests.streams.scoring_fixtures import (  # noqa: F401  (clamd is a fixture)
+    EICAR, clamd, eicar_base64_message, plain_message, with_attachment, zip_bytes,
+)
+
+
+def envelope() -> Envelope:
+    return Envelope("m-1", "t-1", "alice@example.org", ["bob@example.net"], "192.0.2.1",
+                    "mail.example.org", True, 1725357600.0, 100, "node-1")
+
+
+async def test_tcp_and_unix_socket(clamd):
+    for address in (clamd.address, clamd.unix_address):
+        scanner = ClamdScanner(ClamdAddress.parse(address))
+        assert await scanner.ping()
+        assert (await scanner.scan(b"just text")).status == "clean"
+        found = await scanner.scan(EICAR)
+        assert found.status == "infected" and found.signature.startswith("Eicar-Test-Signature")
+
+
+@pytest.mark.parametrize("raw", [
+    pytest.param(plain_message(body=EICAR.decode() + "\n"), id="plain-body"),
+    pytest.param(with_attachment(zip_bytes({"readme.txt": EICAR}), "docs.zip"), id="zipped"),
+    pytest.param(eicar_base64_message(), id="base64-attachment"),
+])
+async def test_engine_finds_eicar(clamd, raw):
+    engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress.parse(clamd.address)))
+    result = await engine.score(raw, envelope())
+    assert result.virus and result.virus.startswith("Eicar-Test-Signature")
+    assert result.verdict == "virus" and "virus" in result.categories
+    assert any(h.name == "VIRUS_FOUND" for h in result.rules)
+
+
+async def test_clean_mail_is_scanned_and_clean(clamd):
+    engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress.parse(clamd.address)))
+    result = await engine.score(plain_message(), envelope())
+    assert result.virus is None and "unscanned" not in result.categories and result.verdict == "clean"
+
+
+async def test_daemon_down_holds_the_message(caplog):
+    port = free_port()  # nothing listens here
+    engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress.parse(f"tcp://127.0.0.1:{port}"),
+                                                timeout=2, connect_timeout=1))
+    result = await engine.score(plain_message(), envelope())
+    assert result.virus == SCAN_UNAVAILABLE and "scan_failed" in result.categories
+    assert result.verdict == "virus"
+    [record] = [r for r in caplog.records if r.name == "streams.scoring_engine"]
+    assert record.message_id == "m-1" and record.tenant == "t-1"
+    assert "alice@example.org" not in caplog.text and "192.0.2.1" not in caplog.text
+
+
+async def test_daemon_that_never_answers_times_out():
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        scanner = ClamdScanner(ClamdAddress.parse(f"tcp://127.0.0.1:{port}"), timeout=0.5)
+        started = asyncio.get_running_loop().time()
+        result = await scanner.scan(b"x" * 1000)
+        assert result.status == "error"
+        assert asyncio.get_running_loop().time() - started < 3
+
+
+def test_reply_parsing_and_addresses():
+    assert parse_reply("stream: OK").status == "clean"
+    assert parse_reply("stream: Win.Test.EICAR_HDB-1 FOUND").signature == "Win.Test.EICAR_HDB-1"
+    assert parse_reply("INSTREAM size limit exceeded. ERROR").status == "error"
+    assert ClamdAddress.parse("unix:///run/clamd.sock").path == "/run/clamd.sock"
+    with pytest.raises(ValueError):
+        ClamdAddress.parse("127.0.0.1:3310")
