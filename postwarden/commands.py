@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 import smtplib
 import sys
 import urllib.request
@@ -172,6 +173,8 @@ def cmd_send(args: argparse.Namespace) -> int:
         return 2
     if raw.startswith(b"From "):  # mbox separator line, not a header
         raw = raw.split(b"\n", 1)[1] if b"\n" in raw else b""
+    # Files on disk usually end lines with LF alone; SMTP requires CRLF.
+    raw = re.sub(rb"\r?\n", b"\r\n", raw)
     try:
         with smtplib.SMTP(host, port, timeout=60) as smtp:
             refused = smtp.sendmail(args.sender, args.to, raw)

@@ -246,6 +246,19 @@ class Settings(BaseSettings):
     # First of four consecutive ports of that storage (each also uses port + 10000).
     local_storage_port: int = Field(default=28333, ge=1024, le=55530)
 
+    # Scoring. ClamAV at tcp://host:port or unix:///path; empty disables virus
+    # scanning (verdicts then say "unscanned", never "clean").
+    clamd_address: str = ""
+    clamd_timeout: float = Field(default=30.0, gt=0, le=600)
+    clamd_connect_timeout: float = Field(default=2.0, gt=0, le=60)
+    # Resolvers for SPF/DKIM/DMARC, host[:port] comma separated; empty disables them.
+    dns_servers: str = ""
+    dns_timeout: float = Field(default=2.0, gt=0, le=30)
+    # Upper bound on all sender-authentication lookups of one message together.
+    auth_timeout: float = Field(default=5.0, gt=0, le=60)
+    # Empty: the model shipped in the package.
+    spam_model_path: Path | None = None
+
     # Message Center and provider API (`postwarden web`), and the address users reach
     # it at: links in digests and alerts are built on public_url.
     web_host: str = "127.0.0.1"
@@ -264,6 +277,23 @@ class Settings(BaseSettings):
             if not sep or not host or not port.isdigit():
                 raise ValueError(f"{server!r} is not host:port")
         return v
+
+    @field_validator("clamd_address")
+    @classmethod
+    def _clamd(cls, v: str) -> str:
+        from streams.virus_scanner import ClamdAddress
+
+        if v.strip():
+            ClamdAddress.parse(v)
+        return v.strip()
+
+    @field_validator("dns_servers")
+    @classmethod
+    def _dns(cls, v: str) -> str:
+        from streams.dns_resolver import parse_servers
+
+        parse_servers(v)
+        return v.strip()
 
     @field_validator("clickhouse_url")
     @classmethod

@@ -8,9 +8,9 @@ from prometheus_client import Counter
 
 from postwarden.records import Envelope, RecordError, RuleHit, Verdict
 from postwarden.topics import INBOUND, VERDICTS
-from streams.app import app, topic
-from streams.placeholder_scorer import PlaceholderScorer
+from streams.app import app, settings, topic
 from streams.scorer import Scorer
+from streams.scoring_engine import ScoringEngine
 
 log = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ DROPPED = Counter("postwarden_score_invalid_records_total",
 
 inbound = topic(INBOUND)
 verdicts = topic(VERDICTS)
-scorer: Scorer = PlaceholderScorer()
+scorer: Scorer = ScoringEngine.from_settings(settings)
 
 
 def fan_out(envelope: Envelope, raw: bytes, result) -> list[Verdict]:

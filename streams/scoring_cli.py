@@ -61,7 +61,9 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 def run_score(args: argparse.Namespace) -> int:
     from streams.scoring_engine import ScoringEngine
 
-    engine = ScoringEngine.from_env()
+    from postwarden.config import load_settings
+
+    engine = ScoringEngine.from_settings(load_settings())
     networked = engine.scanner is not None or engine.resolver is not None
     status = 0
     loop = asyncio.new_event_loop() if networked else None

@@ -14,10 +14,7 @@ import logging
 import math
 from pathlib import Path
 
-from pydantic import Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from postwarden.config import ConfigError
+from postwarden.config import ConfigError, Settings
 from postwarden.records import Envelope, RuleHit
 from streams import aggressiveness
 from streams.attachment_policy import inspect as inspect_attachments
@@ -38,36 +35,6 @@ PHISHING_BASE = -3.0
 BULK_BASE = -3.0
 MODEL_SHARE = 0.5
 SPAM_CATEGORIES = ("spam", "phishing")
-
-
-class ScoringSettings(BaseSettings):
-    """Scoring settings; each field is the environment variable POSTWARDEN_<NAME>."""
-
-    model_config = SettingsConfigDict(env_prefix="POSTWARDEN_", extra="ignore", frozen=True)
-
-    # tcp://host:port or unix:///path; empty disables virus scanning (verdicts say so).
-    clamd_address: str = ""
-    clamd_timeout: float = Field(default=30.0, gt=0, le=600)
-    clamd_connect_timeout: float = Field(default=2.0, gt=0, le=60)
-    # host[:port], comma separated; empty disables SPF/DKIM/DMARC.
-    dns_servers: str = ""
-    dns_timeout: float = Field(default=2.0, gt=0, le=30)
-    # Upper bound on all sender-authentication lookups of one message together.
-    auth_timeout: float = Field(default=5.0, gt=0, le=60)
-    spam_model_path: Path | None = None
-
-    @field_validator("clamd_address")
-    @classmethod
-    def _clamd(cls, v: str) -> str:
-        if v.strip():
-            ClamdAddress.parse(v)
-        return v.strip()
-
-    @field_validator("dns_servers")
-    @classmethod
-    def _dns(cls, v: str) -> str:
-        parse_servers(v)
-        return v.strip()
 
 
 def _sigmoid100(z: float) -> float:
@@ -93,16 +60,7 @@ class ScoringEngine:
         self.rules = list(RULES if rules is None else rules)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> ScoringEngine:
-        try:
-            if env is None:
-                settings = ScoringSettings()
-            else:
-                values = {k[len("POSTWARDEN_"):].lower(): v for k, v in env.items()
-                          if k.startswith("POSTWARDEN_")}
-                settings = ScoringSettings.model_validate(values)
-        except ValidationError as exc:
-            raise ConfigError(f"invalid scoring configuration in the environment: {exc}") from exc
+    def from_settings(cls, settings: Settings) -> ScoringEngine:
         scanner = None
         if settings.clamd_address:
             scanner = ClamdScanner(ClamdAddress.parse(settings.clamd_address),

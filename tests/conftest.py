@@ -18,6 +18,7 @@ import pytest
 
 from postwarden.local_services import ClickHouseServer, Tansu, free_port
 from postwarden.topics import create_topics
+from streams.clamd_service import ClamdServer
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "test-artifacts"
@@ -26,6 +27,14 @@ ARTIFACTS = REPO / "test-artifacts"
 @pytest.fixture(scope="session")
 def clickhouse_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClickHouseServer]:
     server = ClickHouseServer(tmp_path_factory.mktemp("clickhouse-server")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
+    """clamd on a signature database the test writes (EICAR), never the system service."""
+    server = ClamdServer(tmp_path_factory.mktemp("clamd")).start()
     yield server
     server.stop()
 

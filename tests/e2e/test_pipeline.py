@@ -22,11 +22,6 @@ pytestmark = pytest.mark.slow
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 
 
-def message(subject: str, text: bytes) -> bytes:
-    return (f"From: sender@x.example\r\nTo: users@example.com\r\nSubject: {subject}\r\n"
-            f"Message-ID: <{subject}@x.example>\r\n\r\n").encode() + text + b"\r\n"
-
-
 def test_topics_create_command_is_idempotent(broker):
     env = service_env(REPO, broker.bootstrap)
     cmd = [sys.executable, "-m", "postwarden.cli", "topics", "create"]
@@ -39,11 +34,12 @@ def test_topics_create_command_is_idempotent(broker):
 
 
 def test_mail_is_routed_once_per_recipient_and_counted_in_both_clickhouse_backends(
-        broker, clickhouse_server, spawn, tmp_path):
+        broker, clickhouse_server, clamd, spawn, tmp_path):
     ServerStatsStore(clickhouse_server.url).query("DROP DATABASE IF EXISTS postwarden")
     smtp_port, ingest_health, chdb_health, server_health, worker_health = (free_port() for _ in range(5))
     base = service_env(tmp_path, broker.bootstrap)
-    worker = spawn(["worker"], {**base, "POSTWARDEN_HEALTH_PORT": str(worker_health)}, "worker")
+    worker = spawn(["worker"], {**base, "POSTWARDEN_HEALTH_PORT": str(worker_health),
+                                "POSTWARDEN_CLAMD_ADDRESS": clamd.address}, "worker")
     ingest = spawn(["ingest"], {**base, "POSTWARDEN_SMTP_PORT": str(smtp_port),
                                 "POSTWARDEN_HEALTH_PORT": str(ingest_health)}, "ingest")
     sink_chdb = spawn(["sink", "stats"], {**base, "POSTWARDEN_HEALTH_PORT": str(chdb_health)}, "sink-chdb")
@@ -56,16 +52,19 @@ def test_mail_is_routed_once_per_recipient_and_counted_in_both_clickhouse_backen
     wait_http_ok(f"http://127.0.0.1:{server_health}/readyz", 60, sink_server)
 
     expected: dict[tuple[str, str], str] = {}
-    plan = ([("clean", b"See you at the meeting.", ["ann@example.com", "bo@example.net"])] * 6
-            + [("spam", b"You are a lottery winner! 100% free viagra", ["ann@example.com"])] * 3
-            + [("virus", EICAR, ["ann@example.com", "cy@example.com"])])
+    ham = (REPO / "examples/hello.eml").read_bytes().replace(b"\n", b"\r\n")
+    spam = (REPO / "examples/spam.eml").read_bytes().replace(b"\n", b"\r\n")
+    virus = ham.replace(b"Bob\r\n", b"Bob\r\n\r\n" + EICAR + b"\r\n")
+    plan = ([("clean", ham, ["ann@example.com", "bo@example.net"])] * 6
+            + [("spam", spam, ["ann@example.com"])] * 3
+            + [("virus", virus, ["ann@example.com", "cy@example.com"])])
     with smtplib.SMTP("127.0.0.1", smtp_port, timeout=30) as smtp:
         smtp.ehlo("client.test")
-        for i, (kind, text, rcpts) in enumerate(plan):
+        for kind, raw, rcpts in plan:
             smtp.mail("sender@x.example")
             for r in rcpts:
                 assert smtp.rcpt(r)[0] == 250
-            code, reply = smtp.data(message(f"{kind}{i}", text))
+            code, reply = smtp.data(raw)
             assert code == 250, reply
             message_id = reply.decode().rsplit(" ", 1)[1]
             for r in rcpts:

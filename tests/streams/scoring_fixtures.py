@@ -18,15 +18,7 @@ from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
 
 from postwarden.local_services import free_port
-from streams.clamd_service import EICAR, ClamdServer
-
-
-@pytest.fixture(scope="session")
-def clamd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClamdServer]:
-    # No skip when clamd is missing or broken: start() raises and the tests fail.
-    server = ClamdServer(tmp_path_factory.mktemp("clamd")).start()
-    yield server
-    server.stop()
+from streams.clamd_service import EICAR
 
 
 class ZoneResolver(BaseResolver):

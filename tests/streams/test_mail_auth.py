@@ -9,6 +9,8 @@ import subprocess
 import dkim
 import pytest
 
+from postwarden.config import load_settings
+
 from postwarden.records import Envelope
 from streams.dns_resolver import CachingResolver, DnsTempError, parse_servers
 from streams.mail_auth import authenticate, check_dkim, check_spf, organizational_domain
@@ -134,7 +136,7 @@ def test_organizational_domain():
 
 
 async def test_engine_applies_auth_rules(zone):
-    engine = ScoringEngine.from_env({"POSTWARDEN_DNS_SERVERS": zone.spec, "POSTWARDEN_DNS_TIMEOUT": "1"})
+    engine = ScoringEngine.from_settings(load_settings({"POSTWARDEN_DNS_SERVERS": zone.spec, "POSTWARDEN_DNS_TIMEOUT": "1"}))
     env = Envelope("m-2", "t-1", "x@example.org", ["bob@example.net"], "192.0.2.7", "h", True, 0.0, 1, "n")
     result = await engine.score(plain_message(sender="Bank <alerts@bank.test>"), env)
     names = {h.name for h in result.rules}
@@ -143,7 +145,7 @@ async def test_engine_applies_auth_rules(zone):
 
 
 async def test_engine_without_dns_skips_auth():
-    engine = ScoringEngine.from_env({})
+    engine = ScoringEngine.from_settings(load_settings({}))
     env = Envelope("m-3", "t-1", "x@example.org", ["b@example.net"], "192.0.2.7", "h", True, 0.0, 1, "n")
     result = await engine.score(plain_message(), env)
     assert not {h.name for h in result.rules} & {"SPF_PASS", "SPF_FAIL", "DMARC_FAIL", "DKIM_VALID"}

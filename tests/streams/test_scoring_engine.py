@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from postwarden.config import ConfigError
+from postwarden.config import load_settings, ConfigError
 from postwarden.records import Envelope
 from streams import aggressiveness, scoring_cli
 from streams.scoring_engine import ScoringEngine
@@ -21,7 +21,7 @@ SPAM = plain_message(
 
 @pytest.fixture(scope="module")
 def engine() -> ScoringEngine:
-    return ScoringEngine.from_env({})
+    return ScoringEngine.from_settings(load_settings({}))
 
 
 def envelope() -> Envelope:
@@ -34,13 +34,13 @@ def test_engine_is_a_scorer(engine):
     assert scorer.name == "engine-v1"
 
 
-def test_from_env_validates():
+def test_settings_validate_scanner_and_resolver_addresses():
     with pytest.raises(ConfigError):
-        ScoringEngine.from_env({"POSTWARDEN_CLAMD_ADDRESS": "localhost:3310"})
+        ScoringEngine.from_settings(load_settings({"POSTWARDEN_CLAMD_ADDRESS": "localhost:3310"}))
     with pytest.raises(ConfigError):
-        ScoringEngine.from_env({"POSTWARDEN_DNS_SERVERS": "127.0.0.1:99999"})
-    configured = ScoringEngine.from_env({"POSTWARDEN_CLAMD_ADDRESS": "unix:///run/clamd.sock",
-                                         "POSTWARDEN_DNS_SERVERS": "127.0.0.1:5353"})
+        ScoringEngine.from_settings(load_settings({"POSTWARDEN_DNS_SERVERS": "127.0.0.1:99999"}))
+    configured = ScoringEngine.from_settings(load_settings({"POSTWARDEN_CLAMD_ADDRESS": "unix:///run/clamd.sock",
+                                         "POSTWARDEN_DNS_SERVERS": "127.0.0.1:5353"}))
     assert configured.scanner is not None and configured.resolver is not None
 
 

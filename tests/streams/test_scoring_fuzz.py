@@ -14,8 +14,8 @@ from streams.mime_parser import parse
 from streams.scoring_engine import ScoringEngine
 from streams.scorer import ScoreResult
 from streams.virus_scanner import ClamdAddress, ClamdScanner
-from tests.streams.scoring_fixtures import (  # noqa: F401  (clamd is a fixture)
-    clamd, eicar_base64_message, plain_message, with_attachment, zip_bytes,
+from tests.streams.scoring_fixtures import (
+    eicar_base64_message, plain_message, with_attachment, zip_bytes,
 )
 
 ENGINE = ScoringEngine()

@@ -11,8 +11,8 @@ from postwarden.local_services import free_port
 from postwarden.records import Envelope
 from streams.scoring_engine import SCAN_UNAVAILABLE, ScoringEngine
 from streams.virus_scanner import ClamdAddress, ClamdScanner, parse_reply
-from tests.streams.scoring_fixtures import (  # noqa: F401  (clamd is a fixture)
-    EICAR, clamd, eicar_base64_message, plain_message, with_attachment, zip_bytes,
+from tests.streams.scoring_fixtures import (
+    EICAR, eicar_base64_message, plain_message, with_attachment, zip_bytes,
 )
 
 
