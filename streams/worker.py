@@ -5,12 +5,16 @@ from __future__ import annotations
 import sys
 
 
-def worker_main(loglevel: str = "info") -> None:
+# Faust's --loglevel takes its own names.
+FAUST_LOGLEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
+
+
+def worker_main(loglevel: str = "INFO") -> None:
     from streams import policy_agent, score_agent  # noqa: F401  (registers the agents)
     from streams.app import app, settings
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    argv = ["postwarden-worker", "worker", "--loglevel", loglevel.lower()]
+    argv = ["postwarden-worker", "worker", "--loglevel", FAUST_LOGLEVELS[loglevel]]
     if settings.health_port == 0:
         argv.append("--without-web")
     sys.argv = argv
