@@ -27,7 +27,7 @@ PRODUCE_SECONDS = Histogram(
 )
 
 # Headroom over the message size for the Received header and record overhead.
-_RECORD_OVERHEAD = 64 * 1024
+RECORD_OVERHEAD = 64 * 1024
 
 
 class PublishError(Exception):
@@ -37,7 +37,7 @@ class PublishError(Exception):
 class InboundPublisher:
     def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float) -> None:
         self._bootstrap = bootstrap
-        self._max_request = max_message_size + _RECORD_OVERHEAD
+        self._max_request = max_message_size + RECORD_OVERHEAD
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()

@@ -8,12 +8,13 @@ import logging
 import signal
 
 from ingest.limits import ConnectionLimits, MessageRate
-from ingest.publisher import InboundPublisher
+from ingest.publisher import RECORD_OVERHEAD, InboundPublisher
 from ingest.session import IngestSMTP, SessionRegistry, session_factory
 from ingest.smtp_handler import IngestHandler
 from ingest.tls import server_context
 from postwarden.config import ConfigError, Settings
 from postwarden.health import HealthServer
+from postwarden.topics import INBOUND_MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,10 @@ class IngestNode:
             raise ConfigError(
                 f"tenants {', '.join(needs_tls)} require TLS or use SMTP AUTH, but "
                 "POSTWARDEN_SMTP_TLS_CERT_FILE and _KEY_FILE are not set")
+        if settings.max_message_size + RECORD_OVERHEAD > INBOUND_MAX_RECORD_BYTES:
+            raise ConfigError(
+                f"POSTWARDEN_MAX_MESSAGE_SIZE={settings.max_message_size} does not fit in a "
+                f"mail.inbound record (at most {INBOUND_MAX_RECORD_BYTES - RECORD_OVERHEAD} bytes)")
         self.publisher = InboundPublisher(
             settings.bootstrap_list, settings.max_message_size, settings.produce_timeout
         )
