@@ -85,8 +85,13 @@ class RawSMTP:
         code, text = await self.cmd(f"MAIL FROM:<{sender}>")
         if code != 250:
             return code, text
+        accepted = 0
         for r in rcpts:
             code, text = await self.cmd(f"RCPT TO:<{r}>")
+            accepted += code == 250
+        if not accepted:
+            await self.cmd("RSET")
+            return code, text
         code, text = await self.cmd("DATA")
         if code != 354:
             return code, text
