@@ -77,6 +77,10 @@ class IngestNode:
     async def start(self) -> None:
         if not self.settings.bootstrap_list:
             raise SystemExit("postwarden ingest: POSTWARDEN_BOOTSTRAP_SERVERS is not set")
+        # aiosmtpd puts the client's address into every log line, warnings included;
+        # our own log lines say what happened with message and tenant ids instead.
+        logging.getLogger("mail.log").setLevel(logging.CRITICAL + 1)
+        asyncio.get_running_loop().set_exception_handler(_log_loop_error)
         await self.publisher.start()
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
@@ -113,6 +117,13 @@ class IngestNode:
         if self._health:
             await self._health.stop()
         await self.publisher.stop()
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+    # The default handler prints the transport, and with it the peer's address.
+    exc = context.get("exception")
+    log.error("event loop error", extra={"component": "ingest",
+                                         "reason": type(exc).__name__ if exc else "unknown"})
 
 
 async def run(settings: Settings) -> None:
