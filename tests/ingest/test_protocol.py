@@ -161,3 +161,37 @@ async def test_client_disconnecting_mid_data_publishes_nothing(ingest_node, brok
     code, text = await ok.transaction("a@x.example", ["b@example.com"], BODY)
     assert code == 250
     await only_record_is(broker.bootstrap, text)
+
+
+async def test_data_end_and_dot_stuffing_at_every_position_and_split(ingest_node, broker):
+    """Only CRLF.CRLF ends DATA, wherever the network splits it; stuffed dots are undone."""
+    cases = [
+        (b"", b""),                                              # empty message
+        (b"one line\r\n", b"one line\r\n"),
+        (b"ends with a dot.\r\n", b"ends with a dot.\r\n"),
+        (b"..\r\n", b".\r\n"),                                   # a lone dot, stuffed
+        (b"..leading\r\nmid\r\n...two\r\n", b".leading\r\nmid\r\n..two\r\n"),
+        (b"a.\r\nb.\r\n\r\n..\r\nx" * 3 + b"\r\n", b"a.\r\nb.\r\n\r\n.\r\nx" * 3 + b"\r\n"),
+        ((b"y" * 997 + b".\r\n") * 9, (b"y" * 997 + b".\r\n") * 9),   # straddles reader chunks
+    ]
+    c = await RawSMTP.connect(ingest_node.settings.smtp_port)
+    await c.cmd("EHLO client.test")
+    expected = {}
+    for n, (wire, content) in enumerate(cases):
+        for piece in (None, 1, 4093):  # whole, byte by byte, odd-sized chunks
+            await c.cmd("MAIL FROM:<a@x.example>")
+            await c.cmd("RCPT TO:<b@example.com>")
+            assert (await c.cmd("DATA"))[0] == 354
+            data = wire + b".\r\n"
+            step = piece or len(data)
+            for i in range(0, len(data), step):
+                c.send(data[i:i + step])
+                await c.writer.drain()
+            code, text = await c.reply()
+            assert code == 250, (n, piece, text)
+            expected[text.rsplit(" ", 1)[1]] = content
+    recs = await records(broker.bootstrap, len(expected))
+    for rec in recs:
+        received_end = rec.value.index(b"\r\n", rec.value.index(b"id ")) + 2
+        date_end = rec.value.index(b"\r\n", received_end) + 2
+        assert rec.value[date_end:] == expected[rec.key.decode()]
