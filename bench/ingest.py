@@ -190,7 +190,7 @@ async def session(host: str, port: int, messages: list[bytes], offset: int, rcpt
 
 
 async def run_load(args: argparse.Namespace, host: str, port: int, messages: list[bytes],
-                   meter: CpuMeter | None) -> dict:
+                   meter: CpuMeter | None, broker: CpuMeter | None) -> dict:
     stats, stop = Stats(), asyncio.Event()
     step = max(1, len(messages) // args.concurrency)
     tasks = [asyncio.create_task(session(host, port, messages, n * step, args.rcpt, stop, stats,
@@ -199,19 +199,21 @@ async def run_load(args: argparse.Namespace, host: str, port: int, messages: lis
     await asyncio.sleep(args.warmup)
     stats.counting = True
     cpu0 = meter.snapshot() if meter else {}
+    broker0 = broker.snapshot() if broker else {}
     own0 = time.process_time()
     t0 = time.perf_counter()
     await asyncio.sleep(args.seconds)
     stats.counting = False
     elapsed = time.perf_counter() - t0
     cpu1 = meter.snapshot() if meter else {}
+    broker1 = broker.snapshot() if broker else {}
     own = time.process_time() - own0
     stop.set()
     done = await asyncio.gather(*tasks, return_exceptions=True)
     errors = [e for e in done if isinstance(e, BaseException)]
     server_cpu = CpuMeter.seconds(cpu0, cpu1) if meter else None
     return {"stats": stats, "elapsed": elapsed, "server_cpu": server_cpu, "client_cpu": own,
-            "errors": errors}
+            "broker_cpu": CpuMeter.seconds(broker0, broker1) if broker else None, "errors": errors}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -223,7 +225,7 @@ def percentile(values: list[float], q: float) -> float:
 
 # --- a local broker and ingest node ---------------------------------------------
 
-def spawn_local(stack: ExitStack, workdir: Path, linger_ms: str | None) -> tuple[str, int, int]:
+def spawn_local(stack: ExitStack, workdir: Path) -> tuple[str, int, int, int]:
     sys.path.insert(0, str(REPO))
     from postwarden.local_services import Tansu, free_port, stop_pid
     from postwarden.topics import create_topics
@@ -244,8 +246,6 @@ def spawn_local(stack: ExitStack, workdir: Path, linger_ms: str | None) -> tuple
         "POSTWARDEN_SMTP_MAX_CONNECTIONS_PER_IP": "10000",
         "PYTHONPATH": str(REPO),
     })
-    if linger_ms is not None:
-        env["POSTWARDEN_INGEST_LINGER_MS"] = linger_ms
     log = open(workdir / "ingest.log", "ab")
     proc = subprocess.Popen([sys.executable, "-m", "postwarden.cli", "ingest"], env=env,
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True)
@@ -256,7 +256,7 @@ def spawn_local(stack: ExitStack, workdir: Path, linger_ms: str | None) -> tuple
             raise SystemExit(f"ingest node exited: see {workdir / 'ingest.log'}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{health_port}/readyz", timeout=1):
-                return "127.0.0.1", smtp_port, proc.pid
+                return "127.0.0.1", smtp_port, proc.pid, broker.proc.pid
         except OSError:
             time.sleep(0.2)
     raise SystemExit("ingest node not ready after 30 s")
@@ -276,7 +276,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--rcpt", default="user@example.com")
     p.add_argument("--no-pipelining", action="store_true")
-    p.add_argument("--linger-ms", default=None, help="with --spawn: the producer's linger")
     p.add_argument("--workdir", type=Path, default=REPO / ".cache/bench-ingest")
     args = p.parse_args(argv)
 
@@ -293,13 +292,14 @@ def main(argv: list[str] | None = None) -> int:
         pass
     with ExitStack() as stack:
         if args.spawn:
-            host, port, pid = spawn_local(stack, args.workdir, args.linger_ms)
+            host, port, pid, broker_pid = spawn_local(stack, args.workdir)
             pids = [pid]
+            broker = CpuMeter([broker_pid], False)
         else:
             host, _, port_text = args.target.rpartition(":")
-            port, pids = int(port_text), args.pid
+            port, pids, broker = int(port_text), args.pid, None
         meter = CpuMeter(pids, args.tree) if pids else None
-        result = asyncio.run(run_load(args, host, port, messages, meter))
+        result = asyncio.run(run_load(args, host, port, messages, meter, broker))
 
     stats: Stats = result["stats"]
     rate = stats.accepted / result["elapsed"]
@@ -319,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{' + descendants' if args.tree else ''})")
     else:
         print("server CPU    not measured (pass --pid of a local server)")
+    if result["broker_cpu"] is not None and stats.accepted:
+        print(f"broker CPU    {result['broker_cpu'] * 1000 / stats.accepted:.3f} ms per message (Tansu, not counted above)")
     if stats.accepted:
         print(f"client CPU    {result['client_cpu'] * 1000 / stats.accepted:.3f} ms per message (this benchmark)")
     for e in result["errors"][:3]:
