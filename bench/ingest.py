@@ -150,15 +150,24 @@ async def _reply(reader: asyncio.StreamReader) -> int:
 
 
 async def session(host: str, port: int, messages: list[bytes], offset: int, rcpt: str,
-                  stop: asyncio.Event, stats: Stats, pipelining: bool) -> None:
+                  stop: asyncio.Event, stats: Stats, pipelining: bool, per_connection: int) -> None:
+    i = offset
+    while not stop.is_set():
+        i = await connection(host, port, messages, i, rcpt, stop, stats, pipelining, per_connection)
+
+
+async def connection(host: str, port: int, messages: list[bytes], i: int, rcpt: str,
+                     stop: asyncio.Event, stats: Stats, pipelining: bool, per_connection: int) -> int:
+    """One SMTP connection sending up to per_connection messages (0: until stopped)."""
     reader, writer = await asyncio.open_connection(host, port)
     try:
         assert await _reply(reader) == 220
         writer.write(b"EHLO bench.example\r\n")
         assert await _reply(reader) == 250
         envelope = [b"MAIL FROM:<bench@example.org>\r\n", f"RCPT TO:<{rcpt}>\r\n".encode(), b"DATA\r\n"]
-        i = offset
-        while not stop.is_set():
+        sent = 0
+        while not stop.is_set() and not (per_connection and sent >= per_connection):
+            sent += 1
             message = messages[i % len(messages)]
             i += 1
             started = time.perf_counter()
@@ -184,9 +193,10 @@ async def session(host: str, port: int, messages: list[bytes], offset: int, rcpt
             data_sent = time.perf_counter()
             stats.record(await _reply(reader), started, data_sent)
         writer.write(b"QUIT\r\n")
-        await writer.drain()
+        await _reply(reader)
     finally:
         writer.close()
+    return i
 
 
 async def run_load(args: argparse.Namespace, host: str, port: int, messages: list[bytes],
@@ -194,7 +204,7 @@ async def run_load(args: argparse.Namespace, host: str, port: int, messages: lis
     stats, stop = Stats(), asyncio.Event()
     step = max(1, len(messages) // args.concurrency)
     tasks = [asyncio.create_task(session(host, port, messages, n * step, args.rcpt, stop, stats,
-                                         not args.no_pipelining))
+                                         not args.no_pipelining, args.per_connection))
              for n in range(args.concurrency)]
     await asyncio.sleep(args.warmup)
     stats.counting = True
@@ -276,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     p.add_argument("--rcpt", default="user@example.com")
     p.add_argument("--no-pipelining", action="store_true")
+    p.add_argument("--per-connection", type=int, default=0,
+                   help="messages per connection before reconnecting (0: one connection per session)")
     p.add_argument("--workdir", type=Path, default=REPO / ".cache/bench-ingest")
     args = p.parse_args(argv)
 
@@ -307,6 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"messages      {source}: {len(messages)} distinct, median {sizes[len(sizes) // 2]} B, "
           f"p90 {sizes[int(len(sizes) * 0.9)]} B")
     print(f"load          {args.concurrency} sessions, {'pipelined' if not args.no_pipelining else 'lock-step'}, "
+          f"{args.per_connection or 'all'} message(s) per connection, "
           f"{result['elapsed']:.1f} s measured after {args.warmup:.0f} s warm-up")
     print(f"accepted      {stats.accepted} ({rate:.0f} msg/s); refused {stats.refused or 0}; "
           f"session errors {len(result['errors'])}")
