@@ -27,7 +27,7 @@ PRODUCE_SECONDS = Histogram(
 )
 
 # Headroom over the message size for the Received header and record overhead.
-_RECORD_OVERHEAD = 64 * 1024
+RECORD_OVERHEAD = 64 * 1024
 
 
 class PublishError(Exception):
@@ -37,12 +37,13 @@ class PublishError(Exception):
 class InboundPublisher:
     def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float) -> None:
         self._bootstrap = bootstrap
-        self._max_request = max_message_size + _RECORD_OVERHEAD
+        self._max_request = max_message_size + RECORD_OVERHEAD
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._watch: asyncio.Task | None = None
         self._last_ok = 0.0
+        self._closed = False
 
     @property
     def ready(self) -> bool:
@@ -53,10 +54,11 @@ class InboundPublisher:
         self._watch = asyncio.create_task(self._watch_broker())
 
     async def stop(self) -> None:
+        self._closed = True
         if self._watch:
+            # aiokafka can swallow a cancellation during connect; the flag ends the loop then.
             self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+            await asyncio.wait({self._watch}, timeout=self._timeout)
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), self._timeout)
@@ -103,7 +105,7 @@ class InboundPublisher:
         return self._producer
 
     async def _watch_broker(self) -> None:
-        while True:
+        while not self._closed:
             try:
                 producer = await asyncio.wait_for(self._ensure_producer(), self._timeout)
                 if await asyncio.wait_for(producer.client.fetch_all_metadata(), 3.0):

@@ -15,6 +15,7 @@ from postwarden.config import ConfigError
 COMMAND_MODULES = (
     "postwarden.commands",
     "streams.scoring_cli",
+    "ingest.commands",
 )
 
 

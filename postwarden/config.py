@@ -22,7 +22,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -92,6 +94,26 @@ class DigestSchedule(BaseModel):
         return int(m.group(1)) * (86400 if m.group(2) == "d" else 3600)
 
 
+_ADDRESS_RE = re.compile(r"^[^@\s]{1,64}@[a-z0-9.-]{1,253}$")
+# scrypt$<log2 n>$<r>$<p>$<salt b64>$<hash b64>, as made by `postwarden smtp-password-hash`.
+_PASSWORD_HASH_RE = re.compile(r"^scrypt\$\d{1,2}\$\d{1,2}\$\d{1,2}\$[A-Za-z0-9+/=]{16,}\$[A-Za-z0-9+/=]{32,}$")
+
+
+class SmtpLogin(BaseModel):
+    """An SMTP AUTH login of a provider's MTA; only a slow salted hash is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+    username: str = Field(min_length=1, max_length=255, pattern=r"^[^\s:]+$")
+    password_hash: str = Field(repr=False)
+
+    @field_validator("password_hash")
+    @classmethod
+    def _hash(cls, v: str) -> str:
+        if not _PASSWORD_HASH_RE.match(v):
+            raise ValueError("must be a hash made by `postwarden smtp-password-hash`, never a password")
+        return v
+
+
 class Tenant(BaseModel):
     """A provider whose users' mail we filter."""
 
@@ -139,6 +161,64 @@ class Tenant(BaseModel):
             addr = addr.ipv4_mapped
         return any(addr in net for net in self.networks)
 
+    # --- SMTP ingest options (issue 3) ---
+    # Known recipient addresses; when set (inline or as a file of one address a
+    # line, relative to the tenants file) other local parts get 550.
+    recipients: list[str] | None = None
+    recipients_file: str | None = None
+    # Refuse RCPT for this tenant over a connection without STARTTLS.
+    require_tls: bool = False
+    # SMTP AUTH logins allowed to relay for this tenant besides relay_networks.
+    auth: list[SmtpLogin] = Field(default_factory=list)
+    _recipient_set: frozenset[str] | None = PrivateAttr(default=None)
+
+    @field_validator("recipients")
+    @classmethod
+    def _recipients(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        out = []
+        for r in v:
+            r = r.strip().lower()
+            if not _ADDRESS_RE.match(r):
+                raise ValueError(f"{r!r} is not an email address")
+            out.append(r)
+        return out
+
+    @model_validator(mode="after")
+    def _recipient_sources(self) -> Tenant:
+        if self.recipients is not None and self.recipients_file is not None:
+            raise ValueError("set recipients or recipients_file, not both")
+        for r in self.recipients or ():
+            if r.rpartition("@")[2] not in self.domains:
+                raise ValueError(f"recipient {r!r} is not in one of the tenant's domains")
+        if self.recipients is not None:
+            self._recipient_set = frozenset(self.recipients)
+        return self
+
+    def load_recipients_file(self, base: Path) -> None:
+        """Reads recipients_file (relative to ``base``); raises ValueError naming the line."""
+        if self.recipients_file is None:
+            return
+        path = base / self.recipients_file
+        try:
+            lines = path.read_text().splitlines()
+        except OSError as exc:
+            raise ValueError(f"cannot read recipients file {path}: {exc.strerror}") from None
+        found = set()
+        for n, line in enumerate(lines, 1):
+            r = line.split("#", 1)[0].strip().lower()
+            if not r:
+                continue
+            if not _ADDRESS_RE.match(r) or r.rpartition("@")[2] not in self.domains:
+                raise ValueError(f"{path}:{n}: {r!r} is not an address in the tenant's domains")
+            found.add(r)
+        self._recipient_set = frozenset(found)
+
+    def knows_recipient(self, address: str) -> bool:
+        """True when no recipient list is configured or the address is on it."""
+        return self._recipient_set is None or address.lower() in self._recipient_set
+
 
 class TenantsFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -158,6 +238,12 @@ class TenantsFile(BaseModel):
                         f"domain {d!r} belongs to both {seen_domains[d]!r} and {t.id!r}"
                     )
                 seen_domains[d] = t.id
+        seen_logins: set[str] = set()
+        for t in self.tenants:
+            for login in t.auth:
+                if login.username in seen_logins:
+                    raise ValueError(f"SMTP login {login.username!r} appears twice")
+                seen_logins.add(login.username)
         return self
 
 
@@ -169,6 +255,7 @@ class Tenants:
         self.all = parsed.tenants
         self._by_id = {t.id: t for t in parsed.tenants}
         self._by_domain = {d: t for t in parsed.tenants for d in t.domains}
+        self._by_login = {a.username: (t, a) for t in parsed.tenants for a in t.auth}
 
     def get(self, tenant_id: str) -> Tenant | None:
         return self._by_id.get(tenant_id)
@@ -176,6 +263,9 @@ class Tenants:
     def for_address(self, address: str) -> Tenant | None:
         _, _, domain = address.rpartition("@")
         return self._by_domain.get(domain.lower().rstrip("."))
+
+    def for_login(self, username: str) -> tuple[Tenant, SmtpLogin] | None:
+        return self._by_login.get(username)
 
 
 def load_tenants(path: str | Path | None) -> Tenants:
@@ -198,6 +288,12 @@ def load_tenants(path: str | Path | None) -> Tenants:
         parsed = TenantsFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc, source)) from exc
+    base = Path(path).parent if path is not None else Path(".")
+    for i, t in enumerate(parsed.tenants):
+        try:
+            t.load_recipients_file(base)
+        except ValueError as exc:
+            raise ConfigError(f"invalid configuration in {source}:\n  tenants.{i}.recipients_file: {exc}") from None
     return Tenants(parsed, source)
 
 
@@ -268,6 +364,27 @@ class Settings(BaseSettings):
     app_id: str = Field(default="postwarden", pattern=r"^[A-Za-z0-9._-]+$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
+    # --- SMTP ingest (issue 3) ---
+    # PEM certificate chain and key for STARTTLS; both or neither.
+    smtp_tls_cert_file: Path | None = None
+    smtp_tls_key_file: Path | None = Field(default=None, validate_default=True)
+    # Expect a PROXY protocol v1/v2 header from a load balancer on every connection.
+    proxy_protocol: bool = False
+    smtp_max_recipients: int = Field(default=100, ge=1, le=10_000)
+    # Unknown-user 550s per connection before 421 (directory harvest defence).
+    smtp_max_invalid_recipients: int = Field(default=20, ge=1, le=10_000)
+    # Longest line in commands and DATA, CRLF included (RFC 5321 says 1000; real mail is sloppier).
+    smtp_max_line_length: int = Field(default=4096, ge=1001, le=1_048_576)
+    # Idle time allowed between commands, and total time allowed for one DATA transfer.
+    smtp_command_timeout: float = Field(default=300.0, gt=0, le=3600)
+    smtp_data_timeout: float = Field(default=600.0, gt=0, le=3600)
+    smtp_max_connections: int = Field(default=2000, ge=1, le=1_000_000)
+    smtp_max_connections_per_ip: int = Field(default=100, ge=1, le=1_000_000)
+    # Messages (MAIL commands) per client IP per minute; 0: no limit.
+    smtp_messages_per_ip_per_minute: int = Field(default=6000, ge=0, le=10_000_000)
+    # On SIGTERM: how long sessions in a transaction may take to finish.
+    smtp_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, v: str) -> str:
@@ -300,6 +417,13 @@ class Settings(BaseSettings):
     def _ch_url(cls, v: str) -> str:
         if v and not v.startswith(("clickhouse://", "clickhouses://")):
             raise ValueError("must start with clickhouse:// or clickhouses://")
+        return v
+
+    @field_validator("smtp_tls_key_file")
+    @classmethod
+    def _tls_pair(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if (v is None) != (info.data.get("smtp_tls_cert_file") is None):
+            raise ValueError("POSTWARDEN_SMTP_TLS_CERT_FILE and _KEY_FILE must be set together")
         return v
 
     @property

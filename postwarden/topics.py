@@ -34,9 +34,13 @@ class TopicSpec:
         return {"retention.ms": str(self.retention_ms), **self.extra_config}
 
 
+# Whole messages travel on mail.inbound, so its records may be far larger than
+# Kafka's 1 MB default; the ingest node refuses a SIZE setting above this.
+INBOUND_MAX_RECORD_BYTES = 64 * 1024 * 1024
 INBOUND = TopicSpec(
     "mail.inbound", "message id", "raw RFC 5322 bytes (envelope in record headers)",
     7 * DAY_MS, "accepted mail from the ingest nodes",
+    {"max.message.bytes": str(INBOUND_MAX_RECORD_BYTES)},
 )
 VERDICTS = TopicSpec(
     "mail.verdicts", "recipient address", "Verdict (msgpack)",
