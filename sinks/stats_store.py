@@ -114,7 +114,8 @@ def _v3_drop_per_event_minutes(version: tuple[int, ...]) -> list[str]:
                sum(messages) AS messages, sum(bytes) AS bytes,
                sum(latency_ms_sum) AS latency_ms_sum, sum(spam_score_sum) AS spam_score_sum
         FROM {DATABASE}.{COUNTS} FINAL
-        GROUP BY window_start, tenant, verdict, category, action""",
+        GROUP BY window_start, tenant, verdict, category, action
+        HAVING messages > 0""",
     ]
 
 
