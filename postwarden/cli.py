@@ -14,6 +14,8 @@ from postwarden.config import ConfigError
 
 COMMAND_MODULES = (
     "postwarden.commands",
+    "dashboards.push",
+    "sinks.overview_page",
 )
 
 

@@ -161,7 +161,11 @@ async def run(settings: Settings) -> None:
     if settings.operator_password_hash and settings.overview_port:
         from sinks.overview_page import OverviewServer
 
-        servers.append(OverviewServer(settings, store))
+        try:
+            servers.append(OverviewServer(settings, store))
+        except ValueError as exc:  # a malformed password hash: say so and stop
+            store.close()
+            raise SystemExit(f"postwarden: {exc}") from None
     for server in servers:
         await server.start()
     try:

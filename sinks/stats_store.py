@@ -140,6 +140,7 @@ class StatsStore(Protocol):
     def migrate(self) -> list[str]: ...
     def insert(self, table: str, rows: list[tuple[Any, ...]]) -> None: ...
     def query(self, sql: str) -> list[tuple[Any, ...]]: ...
+    def query_columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]: ...
     def server_version(self) -> tuple[int, ...]: ...
     def close(self) -> None: ...
 
@@ -225,6 +226,16 @@ class ServerStatsStore(_Store):
     def query(self, sql: str) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in self._execute(sql)]
 
+    def query_columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        from clickhouse_driver.errors import Error as DriverError
+
+        try:
+            rows, types = self._client.execute(sql, with_column_types=True)
+        except (DriverError, OSError, EOFError) as exc:
+            self._client.disconnect()
+            raise StoreError(f"ClickHouse server: {type(exc).__name__}: {exc}") from exc
+        return [name for name, _ in types], [tuple(r) for r in rows]
+
     def close(self) -> None:
         self._client.disconnect()
 
@@ -258,11 +269,15 @@ class EmbeddedStatsStore(_Store):
             self._run(f"INSERT INTO {DATABASE}.{table} ({', '.join(_columns(table))}) VALUES {values}")
 
     def query(self, sql: str) -> list[tuple[Any, ...]]:
+        return self.query_columns(sql)[1]
+
+    def query_columns(self, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
         result = self._run(sql, "JSONCompact")
         text = result.bytes().decode() if hasattr(result, "bytes") else str(result)
         if not text.strip():
-            return []
-        return [tuple(row) for row in json.loads(text)["data"]]
+            return [], []
+        data = json.loads(text)
+        return [m["name"] for m in data["meta"]], [tuple(row) for row in data["data"]]
 
     def close(self) -> None:
         self._session.close()

@@ -4,7 +4,6 @@ macros expanded, on both backends holding windows made by the pipeline code."""
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 from pathlib import Path
@@ -14,10 +13,9 @@ import pytest
 
 from dashboards import DIR, dashboard_files
 from dashboards.build import DASHBOARDS, render
-from postwarden.records import StatsEvent
-from sinks.stats_store import WindowRows
-from streams.stats_windows import PartitionWindows
+from dashboards.macros import expand
 from tests.conftest import REPO
+from tests.sinks.stats_data import fill
 
 SCHEMA = REPO.parent / "shared" / "schemas" / "grafana-dashboard-v11.6.schema.json"
 CHART_DASHBOARDS = REPO / "deploy" / "helm" / "postwarden" / "dashboards"
@@ -43,34 +41,9 @@ def clickhouse_targets() -> list[tuple[str, str]]:
     return out
 
 
-def expand(sql: str, start: int, end: int, tenants: list[str]) -> str:
-    """What the ClickHouse plugin sends for these macros."""
-    sql = re.sub(r"\$__timeFilter\((\w+)\)",
-                 lambda m: f"{m[1]} >= toDateTime({start}) AND {m[1]} <= toDateTime({end})", sql)
-    sql = sql.replace("${tenant:singlequote}", ",".join(f"'{t}'" for t in tenants))
-    assert "$" not in sql, f"unexpanded macro in {sql}"
-    return sql
-
-
 @pytest.fixture
 def filled(store):
-    """An hour of mail for two tenants, through the windows stage into the store."""
-    rng = random.Random(11)
-    pw = PartitionWindows(0, 60, grace=0, k=5)
-    start = NOW - 3600
-    for offset in range(SENT):
-        t = start + offset * (3600 / SENT)
-        verdict = rng.choice(["clean"] * 6 + ["spam"] * 3 + ["virus"])
-        action = "deliver" if verdict == "clean" else rng.choice(["quarantine"] * 4 + ["release"])
-        pw.add(offset, int(t * 1000), StatsEvent(
-            tenant=rng.choice(["example", "acme"]), event_time=t, verdict=verdict,
-            category=verdict if verdict == "spam" else "none", action=action,
-            size_bytes=rng.randint(500, 200_000), spam_score=rng.uniform(0, 100),
-            latency_ms=rng.uniform(5, 3000), virus_family="Eicar" if verdict == "virus" else None))
-    rows = WindowRows()
-    for w in pw.close_due(wall_now=NOW + 60):
-        rows.add(w)
-    store.write(rows)
+    fill(store, NOW, SENT)
     return store
 
 
@@ -112,6 +85,13 @@ def test_prometheus_queries_name_metrics_the_code_exports():
         for target in panel["targets"]:
             for metric in re.findall(r"postwarden_[a-z_]+", target.get("expr", "")):
                 assert re.sub(r"_(bucket|sum|count)$", "", metric) in exported, metric
+
+
+def test_macro_expansion_refuses_what_it_cannot_expand():
+    with pytest.raises(ValueError, match="not a tenant id"):
+        expand("SELECT 1", 0, 1, ["x' OR 1=1 --"])
+    with pytest.raises(ValueError, match="unexpanded macro"):
+        expand("SELECT $__timeInterval(t)", 0, 1, ["example"])
 
 
 def test_every_clickhouse_query_runs_on_this_backend(filled):
