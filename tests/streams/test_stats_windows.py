@@ -139,3 +139,11 @@ def test_a_crash_anywhere_replays_to_the_same_totals():
         assert _run(events, crash_at=crash_at) == reference, crash_at
     # The commit point moved with the windows: most restarts skipped what was emitted.
     assert sum(1 for o in RESUMED if o > 0) > len(RESUMED) // 2
+
+
+def test_events_from_before_the_family_field_still_decode():
+    import msgpack
+
+    old = {"tenant": "example", "event_time": T0, "verdict": "clean", "category": "none",
+           "action": "deliver", "size_bytes": 10, "spam_score": 0.0, "latency_ms": 1.0, "v": 1}
+    assert StatsEvent.decode(msgpack.packb(old)).virus_family is None
