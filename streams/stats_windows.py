@@ -195,6 +195,7 @@ class _Rebalance(ConsumerRebalanceListener):
         # The next owner resumes from the committed offset and rebuilds these windows.
         for tp in revoked:
             self.owner.partitions.pop(tp.partition, None)
+            self.owner.committed.pop(tp.partition, None)
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
         pass
@@ -207,7 +208,7 @@ class StatsWindows:
         self.settings = settings
         self.group_id = group_id or f"{settings.app_id}-stats-windows"
         self.partitions: dict[int, PartitionWindows] = {}
-        self._committed: dict[int, int] = {}
+        self.committed: dict[int, int] = {}
         self.ready = False
 
     def _windows(self, partition: int) -> PartitionWindows:
@@ -277,13 +278,13 @@ class StatsWindows:
         offsets = {
             TopicPartition(EVENTS.name, p): pw.committable
             for p, pw in self.partitions.items()
-            if p in assigned and pw.committable is not None and self._committed.get(p) != pw.committable
+            if p in assigned and pw.committable is not None and self.committed.get(p) != pw.committable
         }
         if not offsets:
             return
         try:
             await consumer.commit(offsets)
-            self._committed.update({tp.partition: o for tp, o in offsets.items()})
+            self.committed.update({tp.partition: o for tp, o in offsets.items()})
         except KafkaError as exc:
             log.warning("offset commit failed", extra={"reason": str(exc)[:300]})
 
