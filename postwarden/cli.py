@@ -16,6 +16,8 @@ COMMAND_MODULES = (
     "postwarden.commands",
     "streams.scoring_cli",
     "ingest.commands",
+    "dashboards.push",
+    "sinks.overview_page",
 )
 
 

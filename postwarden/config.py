@@ -329,6 +329,16 @@ class Settings(BaseSettings):
     # Kept out of the URL so it can come from a Kubernetes Secret.
     clickhouse_password: str = Field(default="", repr=False)
     stats_flush_seconds: float = Field(default=2.0, gt=0, le=300)
+    # Tumbling aggregate windows of mail.events; late events up to grace still count.
+    stats_window_seconds: int = Field(default=60, ge=1, le=3600)
+    stats_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    # k-anonymity: a cell with fewer messages is merged into "other" in the stream.
+    stats_k_anonymity: int = Field(default=5, ge=1, le=10_000)
+    # Operator overview page (served by the stats sink and `postwarden overview`);
+    # off without a password hash (`postwarden overview hash-password`).
+    operator_password_hash: str = Field(default="", repr=False)
+    overview_host: str = "127.0.0.1"
+    overview_port: int = Field(default=8090, ge=0, le=65535)
 
     # /healthz, /readyz and /metrics of this process (0 disables). `postwarden up`
     # gives its children consecutive ports from here.

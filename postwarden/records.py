@@ -164,3 +164,29 @@ class StatsEvent(_Record):
     size_bytes: int
     spam_score: float
     latency_ms: float
+    # Signature family only ("Eicar", "Emotet"), never the full signature name.
+    virus_family: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StatsWindow(_Record):
+    """One tenant's closed, k-anonymous aggregate window (mail.stats, key: tenant).
+
+    Cells with fewer than k messages are already merged into "other" cells, so
+    nothing in here describes fewer than k messages by its dimensions. The
+    source fields make replays of a window replace its rows instead of adding.
+    """
+
+    tenant: str
+    window_start: int  # epoch seconds
+    window_seconds: int
+    source_partition: int
+    source_epoch: int  # broker timestamp (ms) of the window's first event
+    k: int
+    messages: int  # all messages in the window, the version of its rows
+    # [verdict, category, action, messages, bytes, spam_score_sum, latency_ms_sum]
+    cells: list[list[Any]]
+    # [metric, upper bound, messages]; upper bound -1 holds suppressed buckets
+    histograms: list[list[Any]]
+    # [family, messages]
+    virus_families: list[list[Any]]

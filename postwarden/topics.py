@@ -63,7 +63,12 @@ EVENTS = TopicSpec(
     3 * DAY_MS, "anonymous events, the only input of analytics",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOTIFY, EVENTS)
+STATS = TopicSpec(
+    "mail.stats", "tenant", "StatsWindow (msgpack, k-anonymous aggregates)",
+    3 * DAY_MS, "closed aggregate windows for the ClickHouse sink",
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOTIFY, EVENTS, STATS)
 
 
 def create_topics(

@@ -34,6 +34,7 @@ echo "setup: installing Python packages (.[$extra])"
 
 if [ "$profile" = test ]; then
     bash scripts/setup-clamav.sh
+    bash scripts/setup-browser.sh
     bash scripts/get-helm.sh
 fi
 echo "setup: done"

@@ -8,9 +8,10 @@ import time
 from prometheus_client import Counter
 
 from postwarden.config import Tenant
-from postwarden.records import RecordError, RoutedMessage, StatsEvent, Verdict, verdict_label
+from postwarden.records import RecordError, RoutedMessage, Verdict
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
 from streams.app import app, settings, topic
+from streams.stats_events import anonymous_event
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,6 @@ def decide(verdict: Verdict, tenant: Tenant | None) -> tuple[str, str]:
     if verdict.spam_score >= tenant.spam_threshold:
         return "quarantine", "spam"
     return "deliver", "clean"
-
-
-def anonymous_event(verdict: Verdict, action: str, now: float) -> StatsEvent:
-    return StatsEvent(
-        tenant=verdict.tenant, event_time=now, verdict=verdict_label(verdict.virus, verdict.categories),
-        category=verdict.categories[0] if verdict.categories else "none",
-        action=action, size_bytes=verdict.size, spam_score=verdict.spam_score,
-        latency_ms=max(0.0, (now - verdict.received_at) * 1000.0),
-    )
 
 
 @app.agent(verdicts)

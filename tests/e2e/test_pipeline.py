@@ -37,7 +37,9 @@ def test_mail_is_routed_once_per_recipient_and_counted_in_both_clickhouse_backen
         broker, clickhouse_server, clamd, spawn, tmp_path):
     ServerStatsStore(clickhouse_server.url).query("DROP DATABASE IF EXISTS postwarden")
     smtp_port, ingest_health, chdb_health, server_health, worker_health = (free_port() for _ in range(5))
-    base = service_env(tmp_path, broker.bootstrap)
+    # k = 1: this test checks exact counts per verdict, not suppression (test_privacy does).
+    base = service_env(tmp_path, broker.bootstrap, POSTWARDEN_STATS_WINDOW_SECONDS="2",
+                       POSTWARDEN_STATS_GRACE_SECONDS="0.5", POSTWARDEN_STATS_K_ANONYMITY="1")
     worker = spawn(["worker"], {**base, "POSTWARDEN_HEALTH_PORT": str(worker_health),
                                 "POSTWARDEN_CLAMD_ADDRESS": clamd.address}, "worker")
     ingest = spawn(["ingest"], {**base, "POSTWARDEN_SMTP_PORT": str(smtp_port),

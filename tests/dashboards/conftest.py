@@ -1,0 +1,1 @@
+from tests.sinks.conftest import store  # noqa: F401  (both ClickHouse backends)
