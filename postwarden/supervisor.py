@@ -151,7 +151,7 @@ class Supervisor:
             f"  Analytics:     {s.clickhouse_url or 'embedded ClickHouse at ' + str((s.data_dir / 'clickhouse').resolve())}\n"
             "Send a message:\n"
             f"  postwarden send examples/hello.eml --to alice@{domain}\n"
-            "See the counts (after a few seconds):\n"
+            "See the counts once the minute has closed (cells under k messages show as 'other'):\n"
             "  postwarden stats\n"
             "Stop with Ctrl-C.\n",
             flush=True,

@@ -32,6 +32,10 @@ class Up:
             "POSTWARDEN_LOCAL_BROKER_PORT": str(ports["broker"]),
             "POSTWARDEN_LOCAL_STORAGE_PORT": str(ports["storage"]),
             "POSTWARDEN_STATS_FLUSH_SECONDS": "0.5",
+            # Short windows and k = 1 so one message shows as a count within seconds.
+            "POSTWARDEN_STATS_WINDOW_SECONDS": "2",
+            "POSTWARDEN_STATS_GRACE_SECONDS": "0.5",
+            "POSTWARDEN_STATS_K_ANONYMITY": "1",
         })
         self.proc: subprocess.Popen | None = None
 
