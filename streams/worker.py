@@ -6,7 +6,7 @@ import sys
 
 
 def worker_main(loglevel: str = "info") -> None:
-    from streams import policy_agent, score_agent  # noqa: F401  (registers the agents)
+    from streams import mailbox_api, policy_agent, score_agent  # noqa: F401  (registers the agents)
     from streams.app import app, settings
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -7,8 +7,10 @@ from postwarden.topics import ALL_TOPICS, create_topics
 def test_declarations_are_complete_and_unique():
     names = [t.name for t in ALL_TOPICS]
     assert len(names) == len(set(names))
-    assert set(names) == {"mail.inbound", "mail.verdicts", "mail.deliver", "mail.quarantine",
-                          "mail.notify", "mail.events"}
+    assert set(names) >= {"mail.inbound", "mail.verdicts", "mail.deliver", "mail.quarantine",
+                          "mail.notify", "mail.events", "mail.user-settings", "mail.quarantine-actions",
+                          "mail.users-changelog", "mail.quarantine-index-changelog",
+                          "mail.quarantine-store-changelog"}
     for t in ALL_TOPICS:
         assert t.retention_ms > 0 and t.key and t.value
         assert t.config()["retention.ms"] == str(t.retention_ms)
