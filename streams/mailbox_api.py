@@ -106,6 +106,11 @@ async def _handle(view: faust.web.View, request: web.Request, address: str, rest
 async def _local(method: str, parts: list[str], address: str, tenant_id: str, body: dict,
                  query: Any) -> web.Response:
     now = time.time()
+    if "sv" in query:
+        # A Message Center session is valid only while the user's session version is unchanged.
+        record = user_record(address)
+        if query["sv"] != str(record.session_version if record else 0):
+            return _error(401, "session ended")
     if method == "GET" and parts == ["user"]:
         record = user_record(address)
         eff = effective(record, tenants.get(tenant_id))
