@@ -42,7 +42,9 @@ app = faust.App(
         "formatters": {"json": {"()": "postwarden.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
         "root": {"handlers": ["stderr"], "level": settings.log_level},
-        "loggers": {"aiokafka": {"level": "WARNING"}, "kafka": {"level": "WARNING"}},
+        # Faust logs whole records (message content) at DEBUG: never below INFO.
+        "loggers": {"aiokafka": {"level": "WARNING"}, "kafka": {"level": "WARNING"},
+                    "faust": {"level": "INFO" if settings.log_level == "DEBUG" else settings.log_level}},
     },
 )
 
