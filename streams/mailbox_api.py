@@ -20,6 +20,7 @@ from typing import Any
 
 import faust
 from aiohttp import ClientError, ClientTimeout, web
+from prometheus_client import Counter
 
 from postwarden import internal_api
 from postwarden.passwords import hash_password, verify_password
@@ -34,6 +35,8 @@ from streams.quarantine_store import NotFound, entry_json
 log = logging.getLogger(__name__)
 
 keyring = settings.keyring()
+REQUESTS = Counter("postwarden_mailbox_requests_total", "Mailbox API requests by where they were served",
+                   ["served"])
 MAX_PAGE = 100
 # Failed sign-ins per account before it is locked for the rest of the window.
 LOGIN_FAILURES_ALLOWED = 5
@@ -97,7 +100,9 @@ async def _handle(view: faust.web.View, request: web.Request, address: str, rest
     if owner is not None:
         if request.headers.get(internal_api.ROUTED_HEADER):
             return _error(503, "partition moved")
+        REQUESTS.labels("forwarded").inc()
         return await _forward(request, owner)
+    REQUESTS.labels("local").inc()
     parts = rest.split("/") if rest else []
     body = await request.json() if request.method == "POST" and request.can_read_body else {}
     return await _local(request.method, parts, address, tenant.id, body, request.query)
