@@ -41,7 +41,9 @@ def security_headers(tenants: Tenants, https: bool):
         if ancestors == "'none'":
             h["X-Frame-Options"] = "DENY"
         h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
+        # same-origin, not no-referrer: with no-referrer browsers send "Origin: null" on our own
+        # forms, and the origin check needs the real one. Other sites get no referrer at all.
+        h["Referrer-Policy"] = "same-origin"
         h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=(), payment=()"
         h["Cross-Origin-Resource-Policy"] = "same-origin"
         if not request.path.startswith("/static/"):

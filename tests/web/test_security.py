@@ -102,7 +102,7 @@ def test_security_headers_on_every_page(stack):
         assert "default-src 'self'" in csp and "img-src 'self' data:" in csp and "script-src 'self'" in csp
         assert "frame-ancestors" in csp, path
         assert h["x-content-type-options"] == "nosniff"
-        assert h["referrer-policy"] == "no-referrer"
+        assert h["referrer-policy"] == "same-origin"
     _, h, _ = Browserless(stack.url).request("GET", "/login")
     assert "frame-ancestors 'none'" in h["content-security-policy"] and h["x-frame-options"] == "DENY"
     _, h, _ = b.request("GET", "/quarantine")
