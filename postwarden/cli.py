@@ -18,6 +18,7 @@ COMMAND_MODULES = (
     "ingest.commands",
     "dashboards.push",
     "sinks.overview_page",
+    "web.commands",
 )
 
 

@@ -114,6 +114,30 @@ class SmtpLogin(BaseModel):
         return v
 
 
+# Aggressiveness per category, from "never quarantine" to strictest; the threshold of
+# each level is derived from the tenant's spam_threshold (see streams.policy).
+AGGRESSIVENESS_LEVELS = ("off", "lenient", "moderate", "aggressive", "most_aggressive")
+_API_KEY_HASH_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?$")
+
+
+class DefaultUser(BaseModel):
+    """Postini's "Default User": the settings every user of a tenant starts from."""
+
+    model_config = ConfigDict(extra="forbid")
+    filtering: bool = True
+    levels: dict[str, str] = Field(default_factory=lambda: {
+        "spam": "moderate", "bulk": "moderate", "adult": "moderate", "phishing": "aggressive"})
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: dict[str, str]) -> dict[str, str]:
+        for category, level in v.items():
+            if level not in AGGRESSIVENESS_LEVELS:
+                raise ValueError(f"{category}: {level!r} is not one of {', '.join(AGGRESSIVENESS_LEVELS)}")
+        return v
+
+
 class Tenant(BaseModel):
     """A provider whose users' mail we filter."""
 
@@ -126,6 +150,28 @@ class Tenant(BaseModel):
     quarantine_retention_days: int = Field(default=14, ge=1, le=365)
     digest: DigestSchedule = Field(default_factory=DigestSchedule)
     spam_threshold: float = Field(default=50.0, ge=0, le=100)
+    default_user: DefaultUser = Field(default_factory=DefaultUser)
+    # Origins of the provider's portal allowed to frame the Message Center (CSP frame-ancestors).
+    frame_ancestors: list[str] = Field(default_factory=list)
+    # Provider API keys, stored as "sha256:<hex>" of the key (`postwarden api-key new`).
+    api_keys: list[str] = Field(default_factory=list)
+
+    @field_validator("frame_ancestors")
+    @classmethod
+    def _frame_ancestors(cls, v: list[str]) -> list[str]:
+        for origin in v:
+            if not _ORIGIN_RE.match(origin):
+                raise ValueError(f"{origin!r} is not an origin such as https://portal.example.com")
+        return v
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys(cls, v: list[str]) -> list[str]:
+        for h in v:
+            if not _API_KEY_HASH_RE.match(h):
+                raise ValueError("API keys are stored hashed: 'sha256:' and 64 hex digits "
+                                 "(see `postwarden api-key new`)")
+        return v
 
     @field_validator("domains")
     @classmethod
@@ -370,6 +416,17 @@ class Settings(BaseSettings):
     web_host: str = "127.0.0.1"
     web_port: int = Field(default=8000, ge=1, le=65535)
     public_url: str = "http://127.0.0.1:8000"
+    # Where `postwarden web` reaches the Faust workers' internal mailbox API (any worker:
+    # each one forwards a request to the worker owning the user's partition).
+    worker_url: str = "http://127.0.0.1:8082"
+    # How the other workers reach this worker's web server (Faust canonical URL); empty:
+    # http://health_host:health_port. In a cluster: the pod's address.
+    worker_canonical_url: str = ""
+    # Faust producer batch size in bytes. The local Tansu broker loses the last batch on
+    # changelog recovery unless this is 1 (local and test profile only).
+    producer_max_batch_size: int = Field(default=16384, ge=1)
+    # Cost of the scrypt password hash (2**n); lower only in tests.
+    password_hash_cost: int = Field(default=15, ge=10, le=20)
 
     app_id: str = Field(default="postwarden", pattern=r"^[A-Za-z0-9._-]+$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")

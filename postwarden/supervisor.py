@@ -27,9 +27,9 @@ from postwarden.topics import create_topics
 log = logging.getLogger(__name__)
 
 # Start order: consumers before the SMTP door opens; stop order is the reverse.
-CHILDREN = ("stats", "worker", "ingest")
-_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"]}
-_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3}
+CHILDREN = ("stats", "worker", "web", "ingest")
+_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"], "web": ["web"]}
+_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3, "web": 4}
 
 
 def child_health_port(settings: Settings, name: str) -> int:
@@ -69,6 +69,11 @@ class Supervisor:
         env["POSTWARDEN_HEALTH_PORT"] = str(child_health_port(self.settings, name))
         if self.settings.tenants_file:
             env["POSTWARDEN_TENANTS_FILE"] = str(self.settings.tenants_file.resolve())
+        if self.broker is not None:
+            # Tansu's changelog recovery misses the last batch unless batches hold one record.
+            env["POSTWARDEN_PRODUCER_MAX_BATCH_SIZE"] = "1"
+        if name == "web" and child_health_port(self.settings, "worker"):
+            env["POSTWARDEN_WORKER_URL"] = f"http://127.0.0.1:{child_health_port(self.settings, 'worker')}"
         return env
 
     def _start_broker(self) -> str:
@@ -148,6 +153,7 @@ class Supervisor:
             f"{', '.join(d for t in tenants.all for d in t.domains)})\n"
             f"  Health/metrics: http://{s.health_host}:{child_health_port(s, 'ingest')}/metrics (ingest), "
             f":{child_health_port(s, 'worker')} (worker), :{child_health_port(s, 'stats')} (stats sink)\n"
+            f"  Message Center: {s.public_url}  (users: postwarden users import, or the API at /api/v1)\n"
             f"  Analytics:     {s.clickhouse_url or 'embedded ClickHouse at ' + str((s.data_dir / 'clickhouse').resolve())}\n"
             "Send a message:\n"
             f"  postwarden send examples/hello.eml --to alice@{domain}\n"

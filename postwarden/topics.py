@@ -68,7 +68,34 @@ STATS = TopicSpec(
     3 * DAY_MS, "closed aggregate windows for the ClickHouse sink",
 )
 
-ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOTIFY, EVENTS, STATS)
+# Per-user state of the Message Center. Changes are commands keyed by recipient;
+# the Faust tables holding users and the quarantine store keep their changelogs
+# in compacted topics declared here (not named by Faust) so that they are created
+# up front with the shared partition count.
+USER_SETTINGS = TopicSpec(
+    "mail.user-settings", "recipient address", "UserCommand (msgpack)",
+    7 * DAY_MS, "changes to users: settings, passwords, removal",
+)
+QUARANTINE_ACTIONS = TopicSpec(
+    "mail.quarantine-actions", "recipient address", "QuarantineCommand (msgpack)",
+    7 * DAY_MS, "release, delete and expiry of quarantined messages",
+)
+USERS_CHANGELOG = TopicSpec(
+    "mail.users-changelog", "recipient address", "UserRecord (msgpack)",
+    10 * 365 * DAY_MS, "changelog of the users table", {"cleanup.policy": "compact"},
+)
+QUARANTINE_INDEX_CHANGELOG = TopicSpec(
+    "mail.quarantine-index-changelog", "recipient address", "sealed index entries (msgpack)",
+    10 * 365 * DAY_MS, "changelog of the per-user quarantine index", {"cleanup.policy": "compact"},
+)
+QUARANTINE_STORE_CHANGELOG = TopicSpec(
+    "mail.quarantine-store-changelog", "recipient NUL message id", "sealed message (msgpack)",
+    10 * 365 * DAY_MS, "changelog of the sealed quarantined messages", {"cleanup.policy": "compact"},
+)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOTIFY, EVENTS, STATS,
+                                     USER_SETTINGS, QUARANTINE_ACTIONS, USERS_CHANGELOG,
+                                     QUARANTINE_INDEX_CHANGELOG, QUARANTINE_STORE_CHANGELOG)
 
 
 def create_topics(

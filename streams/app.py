@@ -30,6 +30,9 @@ app = faust.App(
     web_host=settings.health_host,
     web_port=settings.health_port or 6066,
     web_in_thread=False,
+    # Other workers forward Message Center requests here (streams.mailbox_api).
+    canonical_url=settings.worker_canonical_url or None,
+    producer_max_batch_size=settings.producer_max_batch_size,
     autodiscover=False,
     datadir=str(settings.data_dir / "faust"),
     # Faust configures logging itself; route it through the same JSON formatter.
@@ -39,7 +42,9 @@ app = faust.App(
         "formatters": {"json": {"()": "postwarden.logs.JsonFormatter"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json"}},
         "root": {"handlers": ["stderr"], "level": settings.log_level},
-        "loggers": {"aiokafka": {"level": "WARNING"}, "kafka": {"level": "WARNING"}},
+        # Faust logs whole records (message content) at DEBUG: never below INFO.
+        "loggers": {"aiokafka": {"level": "WARNING"}, "kafka": {"level": "WARNING"},
+                    "faust": {"level": "INFO" if settings.log_level == "DEBUG" else settings.log_level}},
     },
 )
 

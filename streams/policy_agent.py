@@ -1,16 +1,23 @@
-"""Policy agent: each recipient's Verdict -> mail.deliver or mail.quarantine, plus an anonymous event."""
+"""Policy agent: each recipient's Verdict -> mail.deliver or mail.quarantine, plus an anonymous event.
+
+mail.verdicts is keyed by recipient and co-partitioned with the users table
+(streams.mailbox), so the user's settings are read locally, no remote call.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from prometheus_client import Counter
 
-from postwarden.config import Tenant
 from postwarden.records import RecordError, RoutedMessage, Verdict
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
+from postwarden.users import effective
 from streams.app import app, settings, topic
+from streams.mailbox import user_record
+from streams.policy import decide
 from streams.stats_events import anonymous_event
 
 log = logging.getLogger(__name__)
@@ -24,17 +31,11 @@ events = topic(EVENTS)
 tenants = settings.tenants()
 
 
-def decide(verdict: Verdict, tenant: Tenant | None) -> tuple[str, str]:
-    """(action, reason). Unknown tenants and unparseable mail are held, never passed."""
-    if verdict.virus:
-        return "quarantine", "virus"
-    if tenant is None:
-        return "quarantine", "unknown_tenant"
-    if "unparseable" in verdict.categories:
-        return "quarantine", "unparseable"
-    if verdict.spam_score >= tenant.spam_threshold:
-        return "quarantine", "spam"
-    return "deliver", "clean"
+def route(verdict: Verdict) -> tuple[str, str]:
+    """(action, reason) from the recipient's own settings over their tenant's defaults."""
+    tenant = tenants.get(verdict.tenant)
+    settings_ = effective(user_record(verdict.recipient), tenant) if tenant else None
+    return decide(verdict, tenant, settings_)
 
 
 @app.agent(verdicts)
@@ -45,7 +46,13 @@ async def policy(stream):
         except RecordError as exc:
             log.error("skipping undecodable verdict", extra={"reason": str(exc)})
             continue
-        action, reason = decide(verdict, tenants.get(verdict.tenant))
+        if verdict.recipient != verdict.recipient.lower():
+            # Per-user state is keyed by the lowercased address: move the verdict to that
+            # key's partition first, where the user's settings and quarantine live.
+            verdict = dataclasses.replace(verdict, recipient=verdict.recipient.lower())
+            await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
+            continue
+        action, reason = route(verdict)
         routed = RoutedMessage(
             message_id=verdict.message_id, tenant=verdict.tenant, recipient=verdict.recipient,
             mail_from=verdict.mail_from, action=action, reason=reason,

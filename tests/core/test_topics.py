@@ -8,7 +8,9 @@ def test_declarations_are_complete_and_unique():
     names = [t.name for t in ALL_TOPICS]
     assert len(names) == len(set(names))
     assert set(names) == {"mail.inbound", "mail.verdicts", "mail.deliver", "mail.quarantine",
-                          "mail.notify", "mail.events", "mail.stats"}
+                          "mail.notify", "mail.events", "mail.stats", "mail.user-settings",
+                          "mail.quarantine-actions", "mail.users-changelog",
+                          "mail.quarantine-index-changelog", "mail.quarantine-store-changelog"}
     for t in ALL_TOPICS:
         assert t.retention_ms > 0 and t.key and t.value
         assert t.config()["retention.ms"] == str(t.retention_ms)

@@ -1,0 +1,237 @@
+"""Per-user state in the workers: the users table, the quarantine store, and their agents.
+
+Everything here is keyed by recipient address and co-partitioned with
+mail.verdicts, so the worker that routes a user's mail also holds their
+settings and quarantine. Changes arrive as commands on topics and are applied
+in order by the partition's owner; a web request waiting for its change is
+told the outcome through ``outcome()``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import faust
+from faust.types import TP
+from prometheus_client import Counter
+
+from postwarden.records import RecordError, RoutedMessage, StatsEvent, _Record, verdict_label
+from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
+from postwarden.topics import (
+    DELIVER, EVENTS, QUARANTINE, QUARANTINE_ACTIONS, QUARANTINE_INDEX_CHANGELOG,
+    QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
+)
+from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
+from streams.app import app, settings, topic
+from streams.quarantine_store import NotFound, QuarantineStore
+
+log = logging.getLogger(__name__)
+
+RELEASED = Counter("postwarden_quarantine_released_total", "Quarantined messages released")
+ACTIONS = Counter("postwarden_mailbox_commands_total", "User and quarantine commands applied",
+                  ["op", "status"])
+
+QUARANTINE_OPS = ("release", "delete", "expire")
+RETENTION_SWEEP_SECONDS = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class QuarantineCommand(_Record):
+    """An action on one quarantined message (mail.quarantine-actions, key: recipient)."""
+
+    command_id: str
+    tenant: str
+    recipient: str
+    message_id: str
+    op: str  # one of QUARANTINE_OPS
+    issued_at: float = field(default_factory=time.time)
+
+
+def new_quarantine_command(tenant: str, recipient: str, message_id: str, op: str) -> QuarantineCommand:
+    if op not in QUARANTINE_OPS:
+        raise ValueError(f"unknown quarantine operation {op!r}")
+    return QuarantineCommand(uuid.uuid4().hex, tenant, recipient, message_id, op)
+
+
+def _changelog(spec: TopicSpec) -> faust.TopicT:
+    return app.topic(spec.name, key_type=bytes, value_type=bytes, key_serializer="raw",
+                     value_serializer="raw", partitions=settings.topic_partitions,
+                     compacting=True, internal=False)
+
+
+def _table(name: str, spec: TopicSpec) -> faust.Table:
+    # bytes key and value types make Faust use its raw codec: records encode themselves.
+    return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions,
+                     changelog_topic=_changelog(spec))
+
+
+users = _table("users", USERS_CHANGELOG)
+quarantine_index = _table("quarantine_index", QUARANTINE_INDEX_CHANGELOG)
+quarantine_messages = _table("quarantine_messages", QUARANTINE_STORE_CHANGELOG)
+
+user_settings_topic = topic(USER_SETTINGS)
+quarantine_actions_topic = topic(QUARANTINE_ACTIONS)
+quarantine_topic = topic(QUARANTINE)
+deliver_topic = topic(DELIVER)
+events_topic = topic(EVENTS)
+
+tenants = settings.tenants()
+store = QuarantineStore(quarantine_index, quarantine_messages, Sealer(settings.keyring()))
+
+# command id -> future of its outcome, for web requests served by this worker.
+_waiting: dict[str, asyncio.Future] = {}
+
+
+def user_record(address: str) -> UserRecord | None:
+    value = users.get(address.encode())
+    return UserRecord.decode(value) if value else None
+
+
+async def submit(cmd: UserCommand | QuarantineCommand, timeout: float = 10.0) -> dict:
+    """Sends a command and waits until this worker applied it; {"status": "pending"} on timeout."""
+    future = _waiting[cmd.command_id] = asyncio.get_running_loop().create_future()
+    try:
+        if isinstance(cmd, UserCommand):
+            await user_settings_topic.send(key=cmd.address.encode(), value=cmd.encode())
+        else:
+            await quarantine_actions_topic.send(key=cmd.recipient.encode(), value=cmd.encode())
+        return await asyncio.wait_for(future, timeout)
+    except asyncio.TimeoutError:
+        return {"status": "pending"}
+    finally:
+        _waiting.pop(cmd.command_id, None)
+
+
+def _done(command_id: str, outcome: dict) -> None:
+    future = _waiting.get(command_id)
+    if future is not None and not future.done():
+        future.set_result(outcome)
+
+
+def apply_user_command(cmd: UserCommand, now: float) -> dict:
+    key = cmd.address.encode()
+    current = user_record(cmd.address)
+    if current is not None and current.tenant != cmd.tenant:
+        return {"status": "refused", "detail": "address belongs to another tenant"}
+    try:
+        updated = apply_command(current, cmd, now)
+    except SettingsError as exc:
+        return {"status": "invalid", "detail": str(exc)}
+    if updated is None:
+        if key in users:
+            del users[key]
+        purged = store.purge(cmd.address)
+        return {"status": "removed", "purged": purged}
+    users[key] = updated.encode()
+    return {"status": "ok"}
+
+
+async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
+    if cmd.op == "expire":
+        return {"status": "expired" if store.expire(cmd.recipient, cmd.message_id, now) else "kept"}
+    try:
+        entry = store.find(cmd.recipient, cmd.message_id)
+    except (TamperedError, RetiredKeyError):
+        return {"status": "tampered"}
+    if entry is None:
+        return {"status": "not_found"}
+    if entry.status != "held":
+        return {"status": f"already_{entry.status}"}
+    if cmd.op == "delete":
+        store.close(cmd.recipient, cmd.message_id, "deleted")
+        return {"status": "deleted"}
+    if entry.virus:
+        # Virus-infected mail is never released, whatever the user asks.
+        return {"status": "refused", "detail": "messages with a virus cannot be released"}
+    try:
+        entry, raw = store.message(cmd.recipient, cmd.message_id)
+    except (TamperedError, RetiredKeyError):
+        return {"status": "tampered"}
+    except NotFound:
+        return {"status": "not_found"}
+    released = RoutedMessage(
+        message_id=cmd.message_id, tenant=cmd.tenant, recipient=cmd.recipient,
+        mail_from=entry.sender, action="deliver", reason="released", spam_score=entry.score,
+        virus=None, categories=list(entry.categories), rules=list(entry.rules),
+        received_at=entry.received_at, raw=raw)
+    await deliver_topic.send(key=cmd.tenant.encode(), value=released.encode())
+    await events_topic.send(key=cmd.tenant.encode(), value=StatsEvent(
+        tenant=cmd.tenant, event_time=now, verdict=verdict_label(None, list(entry.categories)),
+        category=entry.categories[0] if entry.categories else "none", action="release",
+        size_bytes=entry.size, spam_score=entry.score,
+        latency_ms=max(0.0, (now - entry.received_at) * 1000.0)).encode())
+    store.close(cmd.recipient, cmd.message_id, "released")
+    RELEASED.inc()
+    return {"status": "released"}
+
+
+@app.agent(user_settings_topic)
+async def user_changes(stream):
+    async for value in stream:
+        try:
+            cmd = UserCommand.decode(value)
+        except RecordError as exc:
+            log.error("skipping undecodable user command", extra={"reason": str(exc)})
+            continue
+        outcome = apply_user_command(cmd, time.time())
+        ACTIONS.labels(cmd.op, outcome["status"]).inc()
+        log.info("user command applied", extra={"tenant": cmd.tenant, "status": outcome["status"],
+                                                "reason": cmd.op})
+        _done(cmd.command_id, outcome)
+
+
+@app.agent(quarantine_actions_topic)
+async def quarantine_actions(stream):
+    async for value in stream:
+        try:
+            cmd = QuarantineCommand.decode(value)
+        except RecordError as exc:
+            log.error("skipping undecodable quarantine command", extra={"reason": str(exc)})
+            continue
+        outcome = await apply_quarantine_command(cmd, time.time())
+        ACTIONS.labels(cmd.op, outcome["status"]).inc()
+        log.info("quarantine command applied", extra={
+            "message_id": cmd.message_id, "tenant": cmd.tenant, "status": outcome["status"],
+            "reason": cmd.op})
+        _done(cmd.command_id, outcome)
+
+
+@app.agent(quarantine_topic)
+async def quarantine_store(stream):
+    """Seals every quarantined message into the store (idempotent on replay)."""
+    async for value in stream:
+        try:
+            routed = RoutedMessage.decode(value)
+        except RecordError as exc:
+            log.error("skipping undecodable quarantined message", extra={"reason": str(exc)})
+            continue
+        tenant = tenants.get(routed.tenant)
+        retention = tenant.quarantine_retention_days if tenant else 14
+        if store.add(routed, retention, time.time()):
+            log.info("quarantined message stored",
+                     extra={"message_id": routed.message_id, "tenant": routed.tenant})
+
+
+def _active_keys() -> list[bytes]:
+    """Index keys in the partitions this worker owns (standby copies are left to their owner)."""
+    changelog = quarantine_index.changelog_topic.get_topic_name()
+    out = []
+    for key in list(quarantine_index.keys()):
+        tp = app.producer.key_partition(changelog, key)
+        if app.assignor.is_active(TP(changelog, tp.partition)):
+            out.append(key)
+    return out
+
+
+@app.timer(RETENTION_SWEEP_SECONDS)
+async def retention_sweep() -> None:
+    """Asks the partition owner (itself) to drop entries whose retention has ended."""
+    if app.rebalancing:
+        return
+    for tenant, recipient, message_id in store.due(time.time(), iter(_active_keys())):
+        cmd = new_quarantine_command(tenant, recipient, message_id, "expire")
+        await quarantine_actions_topic.send(key=recipient.encode(), value=cmd.encode())

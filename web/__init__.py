@@ -1,0 +1,1 @@
+"""The Message Center (users' quarantine and settings) and the provider API: `postwarden web`."""
