@@ -80,14 +80,19 @@ def smtp_send(stack: Stack, to: str, msg: EmailMessage) -> str:
 def spam(to: str, subject: str, tracker_port: int | None = None) -> EmailMessage:
     m = EmailMessage()
     m["From"], m["To"], m["Subject"] = "Promo <promo@shop.example>", to, subject
-    m.set_content("You are a lottery winner! 100% free.")
+    # Unmistakable spam for the real scoring engine, but no blocked attachment type:
+    # the attachment policy would hold it as dangerous, and those are never releasable.
+    text = ("You are a lottery winner! Buy VIAGRA and CIALIS at 80% OFF, no prescription needed. "
+            "100% GUARANTEED. Click here to claim your prize: http://192.0.2.45/order.php?id=7781 "
+            "Act now! This offer expires in 24 hours. To be removed reply with REMOVE.")
+    m.set_content(text)
     if tracker_port:
-        m.add_alternative(f'<p>You are a <b>lottery winner</b>! 100% free.</p>'
+        m.add_alternative(f'<p>You are a <b>lottery winner</b>! {text}</p>'
                           f'<img src="http://127.0.0.1:{tracker_port}/pixel.gif" alt="pixel">'
                           f'<script>document.title="owned"</script>'
                           f'<a href="javascript:alert(1)">claim</a>', subtype="html")
-        m.add_attachment(b"MZ\x90\x00 not really a program", maintype="application",
-                         subtype="x-msdownload", filename="invoice.exe")
+        m.add_attachment(b"<script>alert('run me')</script>", maintype="text",
+                         subtype="html", filename="invoice.html")
     return m
 
 
@@ -135,13 +140,13 @@ def test_sign_in_list_view_release_and_allow(stack, browser):
     assert "lottery winner" in body and "<script" not in body and "javascript:" not in body
     assert page.title() != "owned"
     assert "1 remote image(s) were not loaded" in page.content()
-    assert "PLACEHOLDER_PHRASE" in page.content()  # the rules that fired
+    assert "SPAM_MODEL" in page.content() and "URL_NUMERIC_IP" in page.content()  # rules that fired
     page.screenshot(path=str(SHOTS / "04-safe-view.png"), full_page=True)
     assert tracker.hits == [] and all(u.startswith(stack.url) for u in requested), requested
     link = page.locator(".attachments a")
-    assert link.inner_text() == "invoice.exe.download"
+    assert link.inner_text() == "invoice.html.download"
     resp = ctx.request.get(stack.url + link.get_attribute("href"))
-    assert resp.headers["content-disposition"] == 'attachment; filename="invoice.exe.download"'
+    assert resp.headers["content-disposition"] == 'attachment; filename="invoice.html.download"'
     assert resp.headers["content-type"] == "application/octet-stream"
     assert resp.headers["x-content-type-options"] == "nosniff"
 
