@@ -14,6 +14,7 @@ from postwarden.config import ConfigError
 
 COMMAND_MODULES = (
     "postwarden.commands",
+    "sinks.delivery_cli",
 )
 
 

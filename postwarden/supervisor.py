@@ -25,9 +25,10 @@ from postwarden.topics import create_topics
 log = logging.getLogger(__name__)
 
 # Start order: consumers before the SMTP door opens; stop order is the reverse.
-CHILDREN = ("stats", "worker", "ingest")
-_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"]}
-_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3}
+CHILDREN = ("delivery", "notify", "stats", "worker", "ingest")
+_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"],
+         "delivery": ["sink", "delivery"], "notify": ["sink", "notify"]}
+_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3, "delivery": 4, "notify": 5}
 
 
 def child_health_port(settings: Settings, name: str) -> int:
