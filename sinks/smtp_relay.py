@@ -98,14 +98,14 @@ class SmtpRelay:
                 except _TlsUnavailable as exc:
                     await _close(conn)
                     return Outcome("temporary", f"451 4.7.10 {exc}", dest)
+                except (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError):
+                    await _close(conn)
+                    return Outcome("temporary", f"451 4.4.2 timed out after {self.timeout:g}s", dest)
                 except (aiosmtplib.SMTPServerDisconnected, ConnectionError) as exc:
                     await _close(conn)
                     if reused:
                         continue  # the server dropped an idle pooled connection: open a fresh one
                     return Outcome("temporary", f"451 4.4.2 connection lost: {exc}", dest)
-                except (aiosmtplib.SMTPTimeoutError, asyncio.TimeoutError):
-                    await _close(conn)
-                    return Outcome("temporary", f"451 4.4.2 timed out after {self.timeout:g}s", dest)
                 except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
                     await _close(conn)
                     return Outcome("temporary", f"451 4.4.1 cannot connect: {exc}", dest)
