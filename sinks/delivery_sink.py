@@ -184,6 +184,11 @@ class DeliverySink:
         assert self._consumer is not None
         if tp in self._resume_at:
             return False
+        if tp.partition not in self._done:
+            # The fetcher can hand out records before the rebalance listener has loaded
+            # this partition's delivered-log: read them again once it has.
+            self._consumer.seek(tp, record.offset)
+            return False
         now = self.clock()
         try:
             if tp.topic == DELIVER.name:

@@ -78,6 +78,10 @@ class Notifier:
             next_tick = 0.0
             while not stop.is_set():
                 batch = await self._consumer.getmany(timeout_ms=200, max_records=500)
+                # The fetcher can hand out records before the rebalance listener has loaded
+                # the partition's state: read those again once it has.
+                for tp in [tp for tp in batch if tp.partition not in self.states]:
+                    self._consumer.seek(tp, batch.pop(tp)[0].offset)
                 if batch:
                     async with self._lock:
                         for tp, records in batch.items():
@@ -114,8 +118,7 @@ class Notifier:
             log.info("virus alert queued", extra={"message_id": held.message_id,
                                                   "tenant": held.tenant})
             return
-        states = self.states.setdefault(partition, {})
-        state = states.get(held.recipient) or DigestState(held.recipient, held.tenant)
+        state = self.states[partition].get(held.recipient) or DigestState(held.recipient, held.tenant)
         if offset <= state.source_offset:
             return  # replayed after a crash; already applied
         state = DigestState(held.recipient, held.tenant, [*state.pending, entry(held)],
@@ -157,7 +160,8 @@ class Notifier:
 
     async def _save(self, partition: int, state: DigestState) -> None:
         await self._send(DIGEST_STATE.name, state.recipient.encode(), state.encode(), partition)
-        self.states.setdefault(partition, {})[state.recipient] = state
+        if partition in self.states:  # not revoked meanwhile
+            self.states[partition][state.recipient] = state
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
         assert self._producer is not None

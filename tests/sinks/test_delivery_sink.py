@@ -18,6 +18,8 @@ from tests.delivery_helpers import Running, message, produce, settings_for, wait
 from tests.kafka_reader import read_topic
 from tests.smtp_servers import Behaviour, start_server, tenants_yaml
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture
 def server():
