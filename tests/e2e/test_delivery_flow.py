@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 
 import pytest
 
@@ -95,8 +96,8 @@ def test_deferred_mail_survives_a_restart_and_the_queue_shows_it(broker, tmp_pat
     assert len(server.recorder.wait_for(2, 60)) == 2, again.log()[-2000:]
     time.sleep(2)
     assert sorted(r.rcpt_tos[0] for r in server.recorder.received) == ["ann@acme.test", "bo@acme.test"]
-    metrics = subprocess.run(["curl", "-s", f"http://127.0.0.1:{health}/metrics"], capture_output=True,
-                             text=True, timeout=10).stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{health}/metrics", timeout=10) as resp:
+        metrics = resp.read().decode()
     assert 'postwarden_delivery_outcomes_total{outcome="delivered",tenant="acme"} 2.0' in metrics
     assert "acme.test" not in metrics
     after = subprocess.run(cli, env=env, capture_output=True, text=True, timeout=60, cwd=REPO)
