@@ -14,7 +14,7 @@ import pytest
 from postwarden.local_services import free_port
 from tests.conftest import REPO, service_env, wait_http_ok
 from tests.delivery_helpers import message, produce
-from tests.smtp_servers import Behaviour, start_server, tenants_yaml
+from tests.smtp_servers import start_server, tenants_yaml
 
 pytestmark = pytest.mark.slow
 
