@@ -19,6 +19,7 @@ COMMAND_MODULES = (
     "dashboards.push",
     "sinks.overview_page",
     "web.commands",
+    "sinks.delivery_cli",
 )
 
 

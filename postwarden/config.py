@@ -68,6 +68,8 @@ class Downstream(BaseModel):
     port: int = Field(default=25, ge=1, le=65535)
     priority: int = Field(default=10, ge=0, le=65535)
     tls: str = Field(default="opportunistic", pattern="^(none|opportunistic|required)$")
+    # Simultaneous SMTP connections the delivery sink opens to this server (per sink process).
+    max_connections: int = Field(default=10, ge=1, le=500)
 
 
 class DigestSchedule(BaseModel):
@@ -172,6 +174,8 @@ class Tenant(BaseModel):
                 raise ValueError("API keys are stored hashed: 'sha256:' and 64 hex digits "
                                  "(see `postwarden api-key new`)")
         return v
+    # How long delivery keeps retrying temporary failures before bouncing (fractions allowed).
+    max_retry_days: float = Field(default=5.0, gt=0, le=30)
 
     @field_validator("domains")
     @classmethod
@@ -428,6 +432,16 @@ class Settings(BaseSettings):
     # Cost of the scrypt password hash (2**n); lower only in tests.
     password_hash_cost: int = Field(default=15, ge=10, le=20)
 
+    # Outbound delivery: seconds to wait before each retry tier (mail.deliver.retry.1..4,
+    # non-decreasing); per-command SMTP timeout; how often finished offsets are committed.
+    delivery_retry_delays: str = "60,600,3600,14400"
+    delivery_timeout: float = Field(default=60.0, gt=0, le=600)
+    delivery_commit_seconds: float = Field(default=1.0, gt=0, le=300)
+    # Sender of virus alerts and digests; DSNs come from MAILER-DAEMON at smtp_hostname.
+    notify_from: str = "postmaster@postwarden.localhost"
+    # How often the notifier looks for digests that are due.
+    notify_tick_seconds: float = Field(default=30.0, gt=0, le=3600)
+
     app_id: str = Field(default="postwarden", pattern=r"^[A-Za-z0-9._-]+$")
     log_level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR)$")
 
@@ -492,6 +506,33 @@ class Settings(BaseSettings):
         if (v is None) != (info.data.get("smtp_tls_cert_file") is None):
             raise ValueError("POSTWARDEN_SMTP_TLS_CERT_FILE and _KEY_FILE must be set together")
         return v
+
+    @field_validator("delivery_retry_delays")
+    @classmethod
+    def _retry_delays(cls, v: str) -> str:
+        from postwarden.topics import DELIVER_RETRY_TIERS
+
+        try:
+            delays = [float(x) for x in v.split(",")]
+        except ValueError:
+            raise ValueError("must be comma-separated seconds such as '60,600,3600,14400'") from None
+        if len(delays) != len(DELIVER_RETRY_TIERS):
+            raise ValueError(f"must list {len(DELIVER_RETRY_TIERS)} delays, one per retry topic")
+        if any(d <= 0 for d in delays) or delays != sorted(delays):
+            raise ValueError("delays must be positive and non-decreasing")
+        return v
+
+    @field_validator("notify_from")
+    @classmethod
+    def _notify_from(cls, v: str) -> str:
+        local, at, domain = v.strip().rpartition("@")
+        if not at or not local or not domain or any(c.isspace() or c in "<>" for c in v.strip()):
+            raise ValueError("must be an address such as postmaster@gateway.example")
+        return v.strip()
+
+    @property
+    def retry_delays(self) -> list[float]:
+        return [float(x) for x in self.delivery_retry_delays.split(",")]
 
     @property
     def bootstrap_list(self) -> list[str]:

@@ -27,9 +27,10 @@ from postwarden.topics import create_topics
 log = logging.getLogger(__name__)
 
 # Start order: consumers before the SMTP door opens; stop order is the reverse.
-CHILDREN = ("stats", "worker", "web", "ingest")
-_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"], "web": ["web"]}
-_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3, "web": 4}
+CHILDREN = ("delivery", "notify", "stats", "worker", "web", "ingest")
+_ARGS = {"ingest": ["ingest"], "worker": ["worker"], "stats": ["sink", "stats"], "web": ["web"],
+         "delivery": ["sink", "delivery"], "notify": ["sink", "notify"]}
+_PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3, "web": 4, "delivery": 5, "notify": 6}
 
 
 def child_health_port(settings: Settings, name: str) -> int:

@@ -97,6 +97,36 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (INBOUND, VERDICTS, DELIVER, QUARANTINE, NOT
                                      USER_SETTINGS, QUARANTINE_ACTIONS, USERS_CHANGELOG,
                                      QUARANTINE_INDEX_CHANGELOG, QUARANTINE_STORE_CHANGELOG)
 
+# Delivery retries wait in delay tiers: within one tier every record waits the same
+# delay, so records are in due order and a consumer only ever waits on the head.
+# The delays are settings (POSTWARDEN_DELIVERY_RETRY_DELAYS); a record moves to the
+# next tier at each failed attempt. Same key and partition as mail.deliver.
+DELIVER_RETRY_TIERS: tuple[TopicSpec, ...] = tuple(
+    TopicSpec(f"mail.deliver.retry.{n}", "tenant", "DeliveryRetry (msgpack)", 7 * DAY_MS,
+              f"mail waiting for delivery attempt after retry delay {n}")
+    for n in range(1, 5)
+)
+# Final outcome per message id and recipient, written before the source offset is
+# committed, so a replay never delivers twice. Partition = the mail.deliver partition.
+DELIVERED = TopicSpec(
+    "mail.delivered", "message id|recipient", "DeliveryOutcome (msgpack)",
+    14 * DAY_MS, "delivered-log: what was delivered or bounced",
+    {"cleanup.policy": "compact,delete"},
+)
+# Digest state per user (pending held mail, last digest); changelog of the notifier,
+# partition = the mail.quarantine partition of the recipient.
+DIGEST_STATE = TopicSpec(
+    "mail.digest.state", "recipient address", "DigestState (msgpack)",
+    365 * DAY_MS, "notifier state: held mail not yet in a digest",
+    {"cleanup.policy": "compact"},
+)
+ALL_TOPICS += (*DELIVER_RETRY_TIERS, DELIVERED, DIGEST_STATE)
+
+
+def topics_document() -> dict:
+    """Every topic with its config, as the Helm chart's topics.yaml holds it."""
+    return {"topics": [{"name": t.name, "config": t.config()} for t in ALL_TOPICS]}
+
 
 def create_topics(
     bootstrap: list[str], partitions: int, replication: int = 1, timeout: float = 30.0

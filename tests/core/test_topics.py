@@ -10,7 +10,9 @@ def test_declarations_are_complete_and_unique():
     assert set(names) == {"mail.inbound", "mail.verdicts", "mail.deliver", "mail.quarantine",
                           "mail.notify", "mail.events", "mail.stats", "mail.user-settings",
                           "mail.quarantine-actions", "mail.users-changelog",
-                          "mail.quarantine-index-changelog", "mail.quarantine-store-changelog"}
+                          "mail.quarantine-index-changelog", "mail.quarantine-store-changelog",
+                          "mail.deliver.retry.1", "mail.deliver.retry.2", "mail.deliver.retry.3",
+                          "mail.deliver.retry.4", "mail.delivered", "mail.digest.state"}
     for t in ALL_TOPICS:
         assert t.retention_ms > 0 and t.key and t.value
         assert t.config()["retention.ms"] == str(t.retention_ms)

@@ -501,14 +501,22 @@ def test_strimzi_topics_toggle(docs, values_name):
         return
     values = _values("large")
     assert {t["spec"]["topicName"] for t in topics} == {s.name for s in ALL_TOPICS}
-    retention = {s.name: str(s.retention_ms) for s in ALL_TOPICS}
+    configs = {s.name: s.config() for s in ALL_TOPICS}
     for t in topics:
         assert t["apiVersion"] == "kafka.strimzi.io/v1beta2"
         assert t["metadata"]["namespace"] == values["kafka"]["strimzi"]["namespace"]
         assert t["metadata"]["labels"]["strimzi.io/cluster"] == values["kafka"]["strimzi"]["cluster"]
         assert t["spec"]["partitions"] == values["kafka"]["partitions"]
         assert t["spec"]["replicas"] == values["kafka"]["replicationFactor"]
-        assert t["spec"]["config"]["retention.ms"] == retention[t["spec"]["topicName"]]
+        assert t["spec"]["config"] == configs[t["spec"]["topicName"]]
+
+
+def test_chart_topics_file_is_generated_from_the_code():
+    import yaml
+
+    from postwarden.topics import topics_document
+
+    assert yaml.safe_load((CHART / "topics.yaml").read_text()) == topics_document()
 
 
 def test_strimzi_toggle_on_its_own(helm):

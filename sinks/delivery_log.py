@@ -1,0 +1,75 @@
+"""The delivered-log: the final outcome of each (message id, recipient), kept on a topic.
+
+The delivery sink writes an outcome with acks=all right after the downstream
+server's 250 (or the bounce) and before committing the source offset, and
+checks it before every attempt. A worker that restarts, or is killed between
+sending and committing, re-reads the same records and finds them done.
+
+Placement makes this work across many delivery pods: mail.deliver is keyed by
+tenant, the retry tiers and the delivered-log are written to the same partition
+number as their source record, and the sink's consumer group uses the range
+assignor, so partition p of every delivery topic belongs to one pod at a time,
+and that pod loads partition p of the log when it is assigned. Memory is one
+key per delivered recipient of the partitions a pod owns, for the topic's
+retention (longer than any record can be replayed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from postwarden.records import RecordError, _Record
+from postwarden.topics import DELIVERED
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome(_Record):
+    """Value on mail.delivered, key 'message id|recipient'."""
+
+    tenant: str
+    outcome: str  # delivered | bounced
+    at: float
+    destination: str
+
+
+def log_key(message_id: str, recipient: str) -> str:
+    return f"{message_id}|{recipient}"
+
+
+async def load_partitions(bootstrap: list[str], partitions: list[int],
+                          quiet_ms: int = 300) -> dict[int, set[str]]:
+    """Every key written to these partitions of the log.
+
+    Reads until the reported end and then until a poll comes back empty: some
+    brokers report the end of the log too early (see notes on Tansu).
+    """
+    done: dict[int, set[str]] = {p: set() for p in partitions}
+    if not partitions:
+        return done
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                client_id="postwarden-delivered-log")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(DELIVERED.name, p) for p in partitions]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        while True:
+            batch = await consumer.getmany(*tps, timeout_ms=quiet_ms, max_records=10_000)
+            for tp, records in batch.items():
+                for r in records:
+                    if r.key is None or r.value is None:
+                        continue
+                    with contextlib.suppress(RecordError):
+                        DeliveryOutcome.decode(r.value)
+                        done[tp.partition].add(r.key.decode())
+            caught_up = all([await consumer.position(tp) >= ends[tp] for tp in tps])
+            if not batch and caught_up:
+                return done
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(consumer.stop(), 10)

@@ -1,0 +1,133 @@
+"""What waits for delivery, by destination: the view behind `postwarden queue` and the gauges.
+
+The queue is what the delivery consumer group has not finished: records of
+mail.deliver and the retry tiers from the group's committed offsets on, less
+what the delivered-log already holds, keeping the latest attempt of each
+(message id, recipient). The summary carries counts and ages only; addresses
+appear only when an operator asks about one message id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+
+from postwarden.records import RecordError, RoutedMessage
+from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
+from sinks.retry_schedule import DeliveryRetry
+
+
+@dataclass(frozen=True)
+class Waiting:
+    message_id: str
+    recipient: str
+    tenant: str
+    destination: str
+    received_at: float
+    attempts: int
+    due_at: float | None  # None: not tried yet (at the head of mail.deliver)
+    last_reply: str
+
+
+@dataclass(frozen=True)
+class DestinationRow:
+    tenant: str
+    destination: str
+    waiting: int
+    oldest_age: float
+    next_attempt_in: float | None
+    max_attempts: int
+
+
+class QueueIndex:
+    def __init__(self) -> None:
+        self.entries: dict[str, Waiting] = {}
+
+    def offer(self, entry: Waiting) -> None:
+        key = f"{entry.message_id}|{entry.recipient}"
+        known = self.entries.get(key)
+        if known is None or entry.attempts >= known.attempts:
+            self.entries[key] = entry
+
+    def discard_done(self, done: set[str]) -> None:
+        for key in done & self.entries.keys():
+            del self.entries[key]
+
+    def summary(self, now: float) -> list[DestinationRow]:
+        groups: dict[tuple[str, str], list[Waiting]] = {}
+        for e in self.entries.values():
+            groups.setdefault((e.tenant, e.destination), []).append(e)
+        rows = []
+        for (tenant, dest), entries in sorted(groups.items()):
+            dues = [e.due_at for e in entries if e.due_at is not None]
+            rows.append(DestinationRow(
+                tenant, dest, len(entries),
+                max(0.0, now - min(e.received_at for e in entries)),
+                max(0.0, min(dues) - now) if dues else None,
+                max(e.attempts for e in entries)))
+        return rows
+
+    def for_message(self, message_id: str) -> list[Waiting]:
+        return sorted((e for e in self.entries.values() if e.message_id == message_id),
+                      key=lambda e: e.recipient)
+
+
+def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None = None,
+               destination_of=None, timeout: float = 30.0) -> QueueIndex:
+    """Reads the unfinished part of the delivery topics (blocking; run it in a thread)."""
+    index = QueueIndex()
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+                             enable_auto_commit=False, auto_offset_reset="earliest",
+                             client_id="postwarden-queue", consumer_timeout_ms=500)
+    try:
+        known = consumer.partitions_for_topic(DELIVER.name) or set()
+        wanted = sorted(known if partitions is None else set(partitions) & known)
+        done: set[str] = set()
+        for tp, record in _read(consumer, [TopicPartition(DELIVERED.name, p) for p in wanted],
+                                False, timeout):
+            if record.key is not None:
+                done.add(record.key.decode())
+        sources = [TopicPartition(t, p) for t in (DELIVER.name, *(s.name for s in DELIVER_RETRY_TIERS))
+                   for p in wanted]
+        for tp, record in _read(consumer, sources, True, timeout):
+            with contextlib.suppress(RecordError):
+                if tp.topic == DELIVER.name:
+                    msg = RoutedMessage.decode(record.value)
+                    index.offer(Waiting(msg.message_id, msg.recipient, msg.tenant,
+                                        destination_of(msg.tenant) if destination_of else "",
+                                        msg.received_at, 0, None, ""))
+                else:
+                    r = DeliveryRetry.decode(record.value)
+                    index.offer(Waiting(r.message_id, r.message().recipient, r.tenant,
+                                        r.destination, r.received_at, r.attempt, r.due_at,
+                                        r.last_reply))
+        index.discard_done(done)
+        return index
+    finally:
+        consumer.close(autocommit=False)
+
+
+def _read(consumer: KafkaConsumer, tps: list[TopicPartition], from_committed: bool,
+          timeout: float):
+    if not tps:
+        return
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    if from_committed:
+        for tp in tps:
+            committed = consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+    ends = consumer.end_offsets(tps)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = consumer.poll(timeout_ms=300, max_records=5000)
+        for tp, records in batch.items():
+            for record in records:
+                yield tp, record
+        # Some brokers report the end too early; an empty poll past it is the real end.
+        if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
+            return
