@@ -7,10 +7,13 @@ millisecond. Training is numpy only and deterministic (full-batch optimiser,
 folds fixed by message hash), so `postwarden train` on the same manifest gives
 the same artifact byte for byte.
 
-Only fields a sender controls feed the model. Relay headers (Received,
-Delivered-To, Return-Path, ...) and the corpus collectors' own headers
-(X-Spam-*, X-Keywords, X-Status) would teach it the collection setup
-instead of the mail.
+Only fields a sender controls feed the model, each read by name: relay
+headers (Received, Delivered-To, Return-Path, ...), the corpus collectors'
+own headers (X-Spam-*, X-Keywords, X-Status) and the headers of the mailing
+lists the collectors subscribed to (List-*, Precedence, Sender, Errors-To)
+would teach it the collection setup instead of the mail, so none of them is
+read. Dates are not features either: the corpus groups were collected at
+different times.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
+from email.utils import getaddresses
 from importlib import resources
 from pathlib import Path
 
@@ -29,11 +33,11 @@ import numpy as np
 
 from streams.mime_parser import ParsedMessage
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 DIM_BITS = 18
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
-ARTIFACT = "models/spam-model-v1.npz"
+ARTIFACT = "models/spam-model-v2.npz"
 
 _WORD_RE = re.compile(r"[^\W_][\w'$%.-]{0,23}")
 _ADDR_DOMAIN_RE = re.compile(r"@([\w.-]+)")
@@ -43,9 +47,15 @@ MAX_BODY_CHARS = 20_000
 # Headers whose presence says something about how the mail was written.
 _PRESENCE_HEADERS = (
     "x-mailer", "user-agent", "x-priority", "x-msmail-priority", "importance", "reply-to",
-    "list-unsubscribe", "list-id", "precedence", "in-reply-to", "references", "mime-version",
+    "in-reply-to", "references", "mime-version",
     "message-id", "organization", "cc", "content-transfer-encoding", "x-mimeole",
-    "disposition-notification-to", "errors-to", "sender",
+    "disposition-notification-to",
+)
+_MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
+_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
+_SHAPE_SUBS = (
+    (re.compile(r"[0-9]"), "9"), (re.compile(r"[a-z]"), "a"), (re.compile(r"[A-Z]"), "A"),
+    (re.compile(r"(.)\1+"), r"\1+"),
 )
 
 _hash_cache: dict[str, int] = {}
@@ -66,20 +76,85 @@ def url_host(url: str) -> str:
     return m.group(1).lower().rstrip(".") if m else ""
 
 
-def tokens(msg: ParsedMessage) -> set[str]:
-    out: set[str] = set()
-    body = msg.body_text[:MAX_BODY_CHARS].lower()
-    out.update(_WORD_RE.findall(body))
-    subject = msg.get("subject").lower()
-    out.update("s:" + w for w in _WORD_RE.findall(subject))
-    sender = msg.get("from").lower()
+def _shape(text: str) -> str:
+    """Character classes with runs collapsed: "a1b2c3@x" -> "a9a9a9@a"."""
+    for pattern, repl in _SHAPE_SUBS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _org_domain(domain: str) -> str:
+    # The last two labels: cheap, and only ever compared with each other.
+    return ".".join(domain.lower().strip(".>").split(".")[-2:])
+
+
+def _body_tokens(msg: ParsedMessage, out: set[str]) -> None:
+    out.update(_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS].lower()))
+    if msg.html_text and msg.text.strip():
+        # Alternatives often say different things: spam hides its pitch in the HTML.
+        out.update(_WORD_RE.findall(msg.html_text[:MAX_BODY_CHARS].lower()))
+
+
+def _subject_tokens(subject: str, out: set[str]) -> None:
+    low = subject.lower()
+    out.update("s:" + w for w in _WORD_RE.findall(low))
+    # Character trigrams catch spellings that defeat word tokens (F.R.E.E, v1agra).
+    padded = " " + low[:200] + " "
+    out.update("sc:" + padded[i:i + 3] for i in range(len(padded) - 2))
+    letters = [c for c in subject if c.isalpha()]
+    if letters:
+        out.add(f"su:{10 * sum(c.isupper() for c in letters) // len(letters)}")
+    out.update("sch:" + ch for ch in "!$%?*" if ch in subject)
+
+
+def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> None:
+    """From, Reply-To and Message-ID: their shapes and whether they agree with each other."""
+    raw_from = msg.get("from")
+    sender = raw_from.lower()
     out.update("f:" + w for w in _WORD_RE.findall(sender))
     for dom in _ADDR_DOMAIN_RE.findall(sender)[:1]:
         out.add("fd:" + dom)
         out.add("ft:" + dom.rpartition(".")[2])
+    pairs = getaddresses([raw_from])
+    display, address = pairs[0] if pairs else ("", "")
+    local, _, domain = address.lower().rpartition("@")
+    from_org = _org_domain(domain) if domain else ""
+    out.add("frl:" + _shape(local[:16]))
+    out.add("frdisp:" + ("none" if not display.strip() else "addr" if "@" in display else "name"))
+    out.add("frd:" + from_org)
+    reply_to = getaddresses([msg.get("reply-to")])
+    if reply_to and reply_to[0][1]:
+        same = _org_domain(reply_to[0][1].rpartition("@")[2]) == from_org
+        out.add("rt:same" if same else "rt:diff")
+    m = _MSGID_PARTS_RE.match(msg.get("message-id"))
+    if m:
+        mid_org = _org_domain(m.group(2))
+        out.add("mids:" + _shape(m.group(1)[:24]))
+        out.add("midd:" + mid_org)
+        out.add("mid:fromdom-same" if from_org and mid_org == from_org else "mid:fromdom-diff")
+    else:
+        mid_org = ""
+        out.add("mid:bad")
+    # Newsletters link to their own sender's site; spam links elsewhere.
+    out.add(f"cu:n{min(len(url_orgs), 8)}")
+    if url_orgs:
+        out.add("cu:from-in-urls" if from_org in url_orgs else "cu:from-not-in-urls")
+        out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
+
+
+def tokens(msg: ParsedMessage) -> set[str]:
+    out: set[str] = set()
+    _body_tokens(msg, out)
+    _subject_tokens(msg.get("subject"), out)
+    hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
+    _sender_tokens(msg, {_org_domain(h) for h in hosts}, out)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
     if mailer:
         out.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
+        out.add("xmf:" + mailer.lower()[:60])
+    boundary = _BOUNDARY_RE.search(msg.get("content-type"))
+    if boundary:
+        out.add("bnd:" + _shape(boundary.group(1)[:30]))
     out.add("ct:" + msg.content_type)
     for part in msg.parts[:50]:
         out.add("pt:" + part.content_type)
@@ -91,14 +166,13 @@ def tokens(msg: ParsedMessage) -> set[str]:
             out.add("ext:" + part.extension[:10])
     for name in _PRESENCE_HEADERS:
         out.add(("h:" if msg.has(name) else "nh:") + name)
-    for url in msg.urls[:100]:
-        host = url_host(url)
-        if host:
-            out.add("uh:" + ".".join(host.split(".")[-2:]))
+    out.update("uh:" + _org_domain(h) for h in hosts)
     if msg.html and not msg.text.strip():
         out.add("x:html-only")
     out.add(f"x:urls-{min(len(msg.urls), 20).bit_length()}")
-    out.add(f"x:size-{min(msg.raw_size, 1 << 22).bit_length()}")
+    # Decoded content only: the raw size grows with every relay's and list's headers.
+    body_size = sum(len(part.payload) for part in msg.parts)
+    out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
     return out
 
 
@@ -183,9 +257,9 @@ class Matrix:
         sums[np.diff(self.indptr) == 0] = 0.0
         return sums
 
-    def tdot(self, r: np.ndarray) -> np.ndarray:
+    def tdot(self, r: np.ndarray, width: int = DIM) -> np.ndarray:
         per_entry = np.repeat(r, np.diff(self.indptr)) * self.values
-        return np.bincount(self.indices, weights=per_entry, minlength=DIM)
+        return np.bincount(self.indices, weights=per_entry, minlength=width)
 
 
 def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int) -> tuple[np.ndarray, float]:
@@ -196,17 +270,22 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
     """
     pos = y.sum()
     sample_w = np.where(y > 0, 0.5 / max(pos, 1), 0.5 / max(len(y) - pos, 1))
-    w = np.zeros(DIM)
+    # Optimise only the hashed columns that occur: an absent column has zero
+    # gradient and moments, so Adam leaves its weight at exactly zero anyway.
+    cols, local = np.unique(x.indices, return_inverse=True)
+    x = Matrix(x.indptr, local, x.values)
+    width = len(cols)
+    w = np.zeros(width)
     b = 0.0
-    m_w = np.zeros(DIM)
-    v_w = np.zeros(DIM)
+    m_w = np.zeros(width)
+    v_w = np.zeros(width)
     m_b = v_b = 0.0
     lr, beta1, beta2, eps = 0.05, 0.9, 0.999, 1e-8
     for t in range(1, iterations + 1):
         z = x.dot(w) + b + offset
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -35, 35)))
         r = (p - y) * sample_w
-        g_w = x.tdot(r) + l2 * w
+        g_w = x.tdot(r, width) + l2 * w
         g_b = float(r.sum())
         m_w = beta1 * m_w + (1 - beta1) * g_w
         v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
@@ -215,7 +294,9 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
         c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
         w -= lr * (m_w / c1) / (np.sqrt(v_w / c2) + eps)
         b -= lr * (m_b / c1) / (math.sqrt(v_b / c2) + eps)
-    return w, b
+    full = np.zeros(DIM)
+    full[cols] = w
+    return full, b
 
 
 def fold_of(sha256: str, folds: int) -> int:
