@@ -1,5 +1,12 @@
 """Statistical spam model: hashed binary token features and logistic regression.
 
+A second stage corrects the token model's logit with a few counts (links,
+words, capitals, HTML share, parts, subject length): boosted decision stumps
+fitted on out-of-fold logits, so they learn how far to trust the token model
+on unseen mail, which the token model cannot learn from its own training
+scores. Cross-validated on train.tsv they add one to two points of spam
+caught at ham budgets of 0.1% to 0.5%.
+
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
 microseconds in plain Python, while a library call costs a fixed fraction of a
@@ -24,6 +31,7 @@ import json
 import math
 import re
 import zlib
+from bisect import bisect_left
 from dataclasses import dataclass
 from email.utils import getaddresses
 from importlib import resources
@@ -51,6 +59,7 @@ _PRESENCE_HEADERS = (
     "message-id", "organization", "cc", "content-transfer-encoding", "x-mimeole",
     "disposition-notification-to",
 )
+_LETTER_WORD_RE = re.compile(r"[A-Za-z]{2,}")
 _MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
 _SHAPE_SUBS = (
@@ -180,26 +189,90 @@ def features(msg: ParsedMessage) -> list[int]:
     return sorted({_index(t) for t in tokens(msg)})
 
 
+# Inputs of the second stage after the token model's logit (with the rules'), in order.
+COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "features", "parts",
+          "subject_chars")
+
+
+def counts(msg: ParsedMessage, n_features: int) -> list[float]:
+    words = _LETTER_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS])
+    capitals = sum(w.isupper() for w in words) / len(words) if words else 0.0
+    hosts = {url_host(u) for u in msg.urls}
+    html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
+    return [float(len(msg.urls)), float(len(hosts)), float(len(words)), capitals, html_share,
+            float(n_features), float(len(msg.parts)), float(len(msg.get("subject")))]
+
+
+@dataclass(frozen=True)
+class Stumps:
+    """Boosted decision stumps: each adds ``left`` when input[feature] <= threshold, else ``right``."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    def __post_init__(self) -> None:
+        # Stumps on one input sum to a step function: one bisect per input at run time.
+        tables = []
+        for j in sorted(set(self.feature.tolist())):
+            mine = self.feature == j
+            cuts = sorted(set(self.threshold[mine].tolist()))
+            steps = []
+            for i in range(len(cuts) + 1):
+                # x above cuts[:i] and at or below cuts[i:]
+                x_left = self.threshold[mine] >= (cuts[i] if i < len(cuts) else math.inf)
+                steps.append(float(np.where(x_left, self.left[mine], self.right[mine]).sum()))
+            tables.append((j, cuts, steps))
+        object.__setattr__(self, "_tables", tables)
+
+    def __call__(self, inputs: list[float]) -> float:
+        return sum(steps[bisect_left(cuts, inputs[j])] for j, cuts, steps in self._tables)  # type: ignore[attr-defined]
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(inputs))
+        for f, t, lv, rv in zip(self.feature, self.threshold, self.left, self.right):
+            out += np.where(inputs[:, f] <= t, lv, rv)
+        return out
+
+
 @dataclass(frozen=True)
 class SpamModel:
-    """Weights plus the metadata that says what they were trained on."""
+    """Token weights, second-stage stumps, the shipped cut and what they were trained on."""
 
     weights: np.ndarray
     bias: float
+    stumps: Stumps
+    # Logit of the default level: subtracted so that 0 (spam score 50) is the cut.
+    threshold: float
     meta: dict
 
     def __post_init__(self) -> None:
         # Plain-list lookups beat numpy fancy indexing for a few hundred indices.
         object.__setattr__(self, "_w", self.weights.astype(np.float64).tolist())
 
-    def logit(self, feature_ids: list[int]) -> float:
+    def token_logit(self, feature_ids: list[int]) -> float:
         w = self._w  # type: ignore[attr-defined]
         return self.bias + sum(w[i] for i in feature_ids) * _scale(len(feature_ids))
+
+    def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
+        """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
+
+        ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
+        """
+        ids = features(msg)
+        z = self.token_logit(ids)
+        return z + self.stumps([z + rule_logit, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         np.savez_compressed(
             buf, weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
+            threshold=np.float64(self.threshold),
+            stump_feature=self.stumps.feature.astype(np.int16),
+            stump_threshold=self.stumps.threshold.astype(np.float64),
+            stump_left=self.stumps.left.astype(np.float64),
+            stump_right=self.stumps.right.astype(np.float64),
             meta=np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -217,7 +290,10 @@ class SpamModel:
                 raise ValueError(
                     f"spam model artifact has feature_version={meta.get('feature_version')} "
                     f"dim={meta.get('dim')}, this code needs {FEATURE_VERSION}/{DIM}: retrain it")
-            return cls(npz["weights"].astype(np.float32), float(npz["bias"]), meta)
+            stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
+                            npz["stump_left"], npz["stump_right"])
+            return cls(npz["weights"].astype(np.float32), float(npz["bias"]), stumps,
+                       float(npz["threshold"]), meta)
 
 
 def _scale(n: int) -> float:
@@ -297,6 +373,42 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
     full = np.zeros(DIM)
     full[cols] = w
     return full, b
+
+
+def fit_stumps(inputs: np.ndarray, y: np.ndarray, init: np.ndarray, rounds: int,
+               rate: float = 0.1, quantiles: int = 32, min_leaf: int = 5, l2: float = 1.0) -> Stumps:
+    """Gradient-boosted stumps (Newton steps on the logistic loss) starting from ``init``.
+
+    Candidate cuts are quantiles of each input; ties go to the first best
+    candidate, so the result is deterministic. Classes are weighted equally.
+    """
+    sample_w = np.where(y > 0, 0.5 / max(y.sum(), 1), 0.5 / max(len(y) - y.sum(), 1)) * len(y)
+    # Every candidate split as one row of a 0/1 matrix: a round's statistics are two row sums.
+    candidates = [(j, float(t)) for j in range(inputs.shape[1])
+                  for t in np.unique(np.quantile(inputs[:, j], np.linspace(0, 1, quantiles)[1:-1]))]
+    left = np.array([inputs[:, j] <= t for j, t in candidates], dtype=np.float64).reshape(-1, len(y))
+    n_left = left.sum(axis=1)
+    allowed = (n_left >= min_leaf) & (len(y) - n_left >= min_leaf)
+    z = init.astype(np.float64).copy()
+    chosen: list[tuple[int, float, float, float]] = []
+    for _ in range(rounds):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -35, 35)))
+        g = (p - y) * sample_w
+        h = p * (1 - p) * sample_w
+        # Summed per row rather than by BLAS, whose rounding may differ between machines.
+        g_l, h_l = (left * g).sum(axis=1), (left * h).sum(axis=1)
+        g_r, h_r = g.sum() - g_l, h.sum() - h_l
+        gain = g_l ** 2 / (h_l + l2) + g_r ** 2 / (h_r + l2) - g.sum() ** 2 / (h.sum() + l2)
+        gain[~allowed] = 0.0
+        k = int(np.argmax(gain))  # first of equal gains: deterministic
+        if gain[k] <= 0.0:
+            break
+        j, t = candidates[k]
+        lv, rv = -rate * g_l[k] / (h_l[k] + l2), -rate * g_r[k] / (h_r[k] + l2)
+        z += np.where(inputs[:, j] <= t, lv, rv)
+        chosen.append((j, t, float(lv), float(rv)))
+    return Stumps(np.array([c[0] for c in chosen], dtype=np.int64), np.array([c[1] for c in chosen]),
+                  np.array([c[2] for c in chosen]), np.array([c[3] for c in chosen]))
 
 
 def fold_of(sha256: str, folds: int) -> int:
