@@ -23,7 +23,7 @@ from streams.mail_auth import AuthResults, authenticate
 from streams.mime_parser import ParsedMessage, parse, strip_mbox_line
 from streams.rules import RULES, Rule, RuleContext, run_rules
 from streams.scorer import ScoreResult
-from streams.spam_model import SpamModel, features
+from streams.spam_model import SpamModel
 from streams.virus_scanner import ClamdAddress, ClamdScanner
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class ScoringEngine:
         report = inspect_attachments(msg)
         ctx = RuleContext(msg, report, auth, envelope.received_at if envelope else None)
         fired = run_rules(ctx, self.rules)
-        model_logit = self.model.logit(features(msg))
+        model_logit = self.model.logit(msg, sum(r.score for r in fired if r.category in SPAM_CATEGORIES))
 
         z = {"spam": model_logit, "phishing": PHISHING_BASE + MODEL_SHARE * model_logit,
              "bulk": BULK_BASE + MODEL_SHARE * model_logit}

@@ -1,5 +1,12 @@
 """Statistical spam model: hashed binary token features and logistic regression.
 
+A second stage corrects the token model's logit with a few counts (links,
+words, capitals, HTML share, parts, subject length): boosted decision stumps
+fitted on out-of-fold logits, so they learn how far to trust the token model
+on unseen mail, which the token model cannot learn from its own training
+scores. Cross-validated on train.tsv they add one to two points of spam
+caught at ham budgets of 0.1% to 0.5%.
+
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
 microseconds in plain Python, while a library call costs a fixed fraction of a
@@ -7,10 +14,13 @@ millisecond. Training is numpy only and deterministic (full-batch optimiser,
 folds fixed by message hash), so `postwarden train` on the same manifest gives
 the same artifact byte for byte.
 
-Only fields a sender controls feed the model. Relay headers (Received,
-Delivered-To, Return-Path, ...) and the corpus collectors' own headers
-(X-Spam-*, X-Keywords, X-Status) would teach it the collection setup
-instead of the mail.
+Only fields a sender controls feed the model, each read by name: relay
+headers (Received, Delivered-To, Return-Path, ...), the corpus collectors'
+own headers (X-Spam-*, X-Keywords, X-Status) and the headers of the mailing
+lists the collectors subscribed to (List-*, Precedence, Sender, Errors-To)
+would teach it the collection setup instead of the mail, so none of them is
+read. Dates are not features either: the corpus groups were collected at
+different times.
 """
 
 from __future__ import annotations
@@ -21,7 +31,9 @@ import json
 import math
 import re
 import zlib
+from bisect import bisect_left
 from dataclasses import dataclass
+from email.utils import getaddresses
 from importlib import resources
 from pathlib import Path
 
@@ -29,11 +41,11 @@ import numpy as np
 
 from streams.mime_parser import ParsedMessage
 
-FEATURE_VERSION = 1
+FEATURE_VERSION = 2
 DIM_BITS = 18
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
-ARTIFACT = "models/spam-model-v1.npz"
+ARTIFACT = "models/spam-model-v2.npz"
 
 _WORD_RE = re.compile(r"[^\W_][\w'$%.-]{0,23}")
 _ADDR_DOMAIN_RE = re.compile(r"@([\w.-]+)")
@@ -43,9 +55,16 @@ MAX_BODY_CHARS = 20_000
 # Headers whose presence says something about how the mail was written.
 _PRESENCE_HEADERS = (
     "x-mailer", "user-agent", "x-priority", "x-msmail-priority", "importance", "reply-to",
-    "list-unsubscribe", "list-id", "precedence", "in-reply-to", "references", "mime-version",
+    "in-reply-to", "references", "mime-version",
     "message-id", "organization", "cc", "content-transfer-encoding", "x-mimeole",
-    "disposition-notification-to", "errors-to", "sender",
+    "disposition-notification-to",
+)
+_LETTER_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+_MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
+_BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
+_SHAPE_SUBS = (
+    (re.compile(r"[0-9]"), "9"), (re.compile(r"[a-z]"), "a"), (re.compile(r"[A-Z]"), "A"),
+    (re.compile(r"(.)\1+"), r"\1+"),
 )
 
 _hash_cache: dict[str, int] = {}
@@ -66,20 +85,85 @@ def url_host(url: str) -> str:
     return m.group(1).lower().rstrip(".") if m else ""
 
 
-def tokens(msg: ParsedMessage) -> set[str]:
-    out: set[str] = set()
-    body = msg.body_text[:MAX_BODY_CHARS].lower()
-    out.update(_WORD_RE.findall(body))
-    subject = msg.get("subject").lower()
-    out.update("s:" + w for w in _WORD_RE.findall(subject))
-    sender = msg.get("from").lower()
+def _shape(text: str) -> str:
+    """Character classes with runs collapsed: "a1b2c3@x" -> "a9a9a9@a"."""
+    for pattern, repl in _SHAPE_SUBS:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def _org_domain(domain: str) -> str:
+    # The last two labels: cheap, and only ever compared with each other.
+    return ".".join(domain.lower().strip(".>").split(".")[-2:])
+
+
+def _body_tokens(msg: ParsedMessage, out: set[str]) -> None:
+    out.update(_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS].lower()))
+    if msg.html_text and msg.text.strip():
+        # Alternatives often say different things: spam hides its pitch in the HTML.
+        out.update(_WORD_RE.findall(msg.html_text[:MAX_BODY_CHARS].lower()))
+
+
+def _subject_tokens(subject: str, out: set[str]) -> None:
+    low = subject.lower()
+    out.update("s:" + w for w in _WORD_RE.findall(low))
+    # Character trigrams catch spellings that defeat word tokens (F.R.E.E, v1agra).
+    padded = " " + low[:200] + " "
+    out.update("sc:" + padded[i:i + 3] for i in range(len(padded) - 2))
+    letters = [c for c in subject if c.isalpha()]
+    if letters:
+        out.add(f"su:{10 * sum(c.isupper() for c in letters) // len(letters)}")
+    out.update("sch:" + ch for ch in "!$%?*" if ch in subject)
+
+
+def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> None:
+    """From, Reply-To and Message-ID: their shapes and whether they agree with each other."""
+    raw_from = msg.get("from")
+    sender = raw_from.lower()
     out.update("f:" + w for w in _WORD_RE.findall(sender))
     for dom in _ADDR_DOMAIN_RE.findall(sender)[:1]:
         out.add("fd:" + dom)
         out.add("ft:" + dom.rpartition(".")[2])
+    pairs = getaddresses([raw_from])
+    display, address = pairs[0] if pairs else ("", "")
+    local, _, domain = address.lower().rpartition("@")
+    from_org = _org_domain(domain) if domain else ""
+    out.add("frl:" + _shape(local[:16]))
+    out.add("frdisp:" + ("none" if not display.strip() else "addr" if "@" in display else "name"))
+    out.add("frd:" + from_org)
+    reply_to = getaddresses([msg.get("reply-to")])
+    if reply_to and reply_to[0][1]:
+        same = _org_domain(reply_to[0][1].rpartition("@")[2]) == from_org
+        out.add("rt:same" if same else "rt:diff")
+    m = _MSGID_PARTS_RE.match(msg.get("message-id"))
+    if m:
+        mid_org = _org_domain(m.group(2))
+        out.add("mids:" + _shape(m.group(1)[:24]))
+        out.add("midd:" + mid_org)
+        out.add("mid:fromdom-same" if from_org and mid_org == from_org else "mid:fromdom-diff")
+    else:
+        mid_org = ""
+        out.add("mid:bad")
+    # Newsletters link to their own sender's site; spam links elsewhere.
+    out.add(f"cu:n{min(len(url_orgs), 8)}")
+    if url_orgs:
+        out.add("cu:from-in-urls" if from_org in url_orgs else "cu:from-not-in-urls")
+        out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
+
+
+def tokens(msg: ParsedMessage) -> set[str]:
+    out: set[str] = set()
+    _body_tokens(msg, out)
+    _subject_tokens(msg.get("subject"), out)
+    hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
+    _sender_tokens(msg, {_org_domain(h) for h in hosts}, out)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
     if mailer:
         out.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
+        out.add("xmf:" + mailer.lower()[:60])
+    boundary = _BOUNDARY_RE.search(msg.get("content-type"))
+    if boundary:
+        out.add("bnd:" + _shape(boundary.group(1)[:30]))
     out.add("ct:" + msg.content_type)
     for part in msg.parts[:50]:
         out.add("pt:" + part.content_type)
@@ -91,14 +175,13 @@ def tokens(msg: ParsedMessage) -> set[str]:
             out.add("ext:" + part.extension[:10])
     for name in _PRESENCE_HEADERS:
         out.add(("h:" if msg.has(name) else "nh:") + name)
-    for url in msg.urls[:100]:
-        host = url_host(url)
-        if host:
-            out.add("uh:" + ".".join(host.split(".")[-2:]))
+    out.update("uh:" + _org_domain(h) for h in hosts)
     if msg.html and not msg.text.strip():
         out.add("x:html-only")
     out.add(f"x:urls-{min(len(msg.urls), 20).bit_length()}")
-    out.add(f"x:size-{min(msg.raw_size, 1 << 22).bit_length()}")
+    # Decoded content only: the raw size grows with every relay's and list's headers.
+    body_size = sum(len(part.payload) for part in msg.parts)
+    out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
     return out
 
 
@@ -106,26 +189,90 @@ def features(msg: ParsedMessage) -> list[int]:
     return sorted({_index(t) for t in tokens(msg)})
 
 
+# Inputs of the second stage after the token model's logit (with the rules'), in order.
+COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "features", "parts",
+          "subject_chars")
+
+
+def counts(msg: ParsedMessage, n_features: int) -> list[float]:
+    words = _LETTER_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS])
+    capitals = sum(w.isupper() for w in words) / len(words) if words else 0.0
+    hosts = {url_host(u) for u in msg.urls}
+    html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
+    return [float(len(msg.urls)), float(len(hosts)), float(len(words)), capitals, html_share,
+            float(n_features), float(len(msg.parts)), float(len(msg.get("subject")))]
+
+
+@dataclass(frozen=True)
+class Stumps:
+    """Boosted decision stumps: each adds ``left`` when input[feature] <= threshold, else ``right``."""
+
+    feature: np.ndarray
+    threshold: np.ndarray
+    left: np.ndarray
+    right: np.ndarray
+
+    def __post_init__(self) -> None:
+        # Stumps on one input sum to a step function: one bisect per input at run time.
+        tables = []
+        for j in sorted(set(self.feature.tolist())):
+            mine = self.feature == j
+            cuts = sorted(set(self.threshold[mine].tolist()))
+            steps = []
+            for i in range(len(cuts) + 1):
+                # x above cuts[:i] and at or below cuts[i:]
+                x_left = self.threshold[mine] >= (cuts[i] if i < len(cuts) else math.inf)
+                steps.append(float(np.where(x_left, self.left[mine], self.right[mine]).sum()))
+            tables.append((j, cuts, steps))
+        object.__setattr__(self, "_tables", tables)
+
+    def __call__(self, inputs: list[float]) -> float:
+        return sum(steps[bisect_left(cuts, inputs[j])] for j, cuts, steps in self._tables)  # type: ignore[attr-defined]
+
+    def predict(self, inputs: np.ndarray) -> np.ndarray:
+        out = np.zeros(len(inputs))
+        for f, t, lv, rv in zip(self.feature, self.threshold, self.left, self.right):
+            out += np.where(inputs[:, f] <= t, lv, rv)
+        return out
+
+
 @dataclass(frozen=True)
 class SpamModel:
-    """Weights plus the metadata that says what they were trained on."""
+    """Token weights, second-stage stumps, the shipped cut and what they were trained on."""
 
     weights: np.ndarray
     bias: float
+    stumps: Stumps
+    # Logit of the default level: subtracted so that 0 (spam score 50) is the cut.
+    threshold: float
     meta: dict
 
     def __post_init__(self) -> None:
         # Plain-list lookups beat numpy fancy indexing for a few hundred indices.
         object.__setattr__(self, "_w", self.weights.astype(np.float64).tolist())
 
-    def logit(self, feature_ids: list[int]) -> float:
+    def token_logit(self, feature_ids: list[int]) -> float:
         w = self._w  # type: ignore[attr-defined]
         return self.bias + sum(w[i] for i in feature_ids) * _scale(len(feature_ids))
+
+    def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
+        """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
+
+        ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
+        """
+        ids = features(msg)
+        z = self.token_logit(ids)
+        return z + self.stumps([z + rule_logit, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         np.savez_compressed(
             buf, weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
+            threshold=np.float64(self.threshold),
+            stump_feature=self.stumps.feature.astype(np.int16),
+            stump_threshold=self.stumps.threshold.astype(np.float64),
+            stump_left=self.stumps.left.astype(np.float64),
+            stump_right=self.stumps.right.astype(np.float64),
             meta=np.frombuffer(json.dumps(self.meta, sort_keys=True).encode(), dtype=np.uint8),
         )
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,7 +290,10 @@ class SpamModel:
                 raise ValueError(
                     f"spam model artifact has feature_version={meta.get('feature_version')} "
                     f"dim={meta.get('dim')}, this code needs {FEATURE_VERSION}/{DIM}: retrain it")
-            return cls(npz["weights"].astype(np.float32), float(npz["bias"]), meta)
+            stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
+                            npz["stump_left"], npz["stump_right"])
+            return cls(npz["weights"].astype(np.float32), float(npz["bias"]), stumps,
+                       float(npz["threshold"]), meta)
 
 
 def _scale(n: int) -> float:
@@ -183,9 +333,9 @@ class Matrix:
         sums[np.diff(self.indptr) == 0] = 0.0
         return sums
 
-    def tdot(self, r: np.ndarray) -> np.ndarray:
+    def tdot(self, r: np.ndarray, width: int = DIM) -> np.ndarray:
         per_entry = np.repeat(r, np.diff(self.indptr)) * self.values
-        return np.bincount(self.indices, weights=per_entry, minlength=DIM)
+        return np.bincount(self.indices, weights=per_entry, minlength=width)
 
 
 def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int) -> tuple[np.ndarray, float]:
@@ -196,17 +346,22 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
     """
     pos = y.sum()
     sample_w = np.where(y > 0, 0.5 / max(pos, 1), 0.5 / max(len(y) - pos, 1))
-    w = np.zeros(DIM)
+    # Optimise only the hashed columns that occur: an absent column has zero
+    # gradient and moments, so Adam leaves its weight at exactly zero anyway.
+    cols, local = np.unique(x.indices, return_inverse=True)
+    x = Matrix(x.indptr, local, x.values)
+    width = len(cols)
+    w = np.zeros(width)
     b = 0.0
-    m_w = np.zeros(DIM)
-    v_w = np.zeros(DIM)
+    m_w = np.zeros(width)
+    v_w = np.zeros(width)
     m_b = v_b = 0.0
     lr, beta1, beta2, eps = 0.05, 0.9, 0.999, 1e-8
     for t in range(1, iterations + 1):
         z = x.dot(w) + b + offset
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -35, 35)))
         r = (p - y) * sample_w
-        g_w = x.tdot(r) + l2 * w
+        g_w = x.tdot(r, width) + l2 * w
         g_b = float(r.sum())
         m_w = beta1 * m_w + (1 - beta1) * g_w
         v_w = beta2 * v_w + (1 - beta2) * g_w * g_w
@@ -215,7 +370,45 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
         c1, c2 = 1 - beta1 ** t, 1 - beta2 ** t
         w -= lr * (m_w / c1) / (np.sqrt(v_w / c2) + eps)
         b -= lr * (m_b / c1) / (math.sqrt(v_b / c2) + eps)
-    return w, b
+    full = np.zeros(DIM)
+    full[cols] = w
+    return full, b
+
+
+def fit_stumps(inputs: np.ndarray, y: np.ndarray, init: np.ndarray, rounds: int,
+               rate: float = 0.1, quantiles: int = 32, min_leaf: int = 5, l2: float = 1.0) -> Stumps:
+    """Gradient-boosted stumps (Newton steps on the logistic loss) starting from ``init``.
+
+    Candidate cuts are quantiles of each input; ties go to the first best
+    candidate, so the result is deterministic. Classes are weighted equally.
+    """
+    sample_w = np.where(y > 0, 0.5 / max(y.sum(), 1), 0.5 / max(len(y) - y.sum(), 1)) * len(y)
+    # Every candidate split as one row of a 0/1 matrix: a round's statistics are two row sums.
+    candidates = [(j, float(t)) for j in range(inputs.shape[1])
+                  for t in np.unique(np.quantile(inputs[:, j], np.linspace(0, 1, quantiles)[1:-1]))]
+    left = np.array([inputs[:, j] <= t for j, t in candidates], dtype=np.float64).reshape(-1, len(y))
+    n_left = left.sum(axis=1)
+    allowed = (n_left >= min_leaf) & (len(y) - n_left >= min_leaf)
+    z = init.astype(np.float64).copy()
+    chosen: list[tuple[int, float, float, float]] = []
+    for _ in range(rounds):
+        p = 1.0 / (1.0 + np.exp(-np.clip(z, -35, 35)))
+        g = (p - y) * sample_w
+        h = p * (1 - p) * sample_w
+        # Summed per row rather than by BLAS, whose rounding may differ between machines.
+        g_l, h_l = (left * g).sum(axis=1), (left * h).sum(axis=1)
+        g_r, h_r = g.sum() - g_l, h.sum() - h_l
+        gain = g_l ** 2 / (h_l + l2) + g_r ** 2 / (h_r + l2) - g.sum() ** 2 / (h.sum() + l2)
+        gain[~allowed] = 0.0
+        k = int(np.argmax(gain))  # first of equal gains: deterministic
+        if gain[k] <= 0.0:
+            break
+        j, t = candidates[k]
+        lv, rv = -rate * g_l[k] / (h_l[k] + l2), -rate * g_r[k] / (h_r[k] + l2)
+        z += np.where(inputs[:, j] <= t, lv, rv)
+        chosen.append((j, t, float(lv), float(rv)))
+    return Stumps(np.array([c[0] for c in chosen], dtype=np.int64), np.array([c[1] for c in chosen]),
+                  np.array([c[2] for c in chosen]), np.array([c[3] for c in chosen]))
 
 
 def fold_of(sha256: str, folds: int) -> int:

