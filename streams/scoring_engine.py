@@ -16,7 +16,6 @@ from pathlib import Path
 
 from postwarden.config import ConfigError, Settings
 from postwarden.records import Envelope, RuleHit
-from streams import aggressiveness
 from streams.attachment_policy import inspect as inspect_attachments
 from streams.dns_resolver import CachingResolver, Resolver, parse_servers
 from streams.mail_auth import AuthResults, authenticate
@@ -35,6 +34,10 @@ PHISHING_BASE = -3.0
 BULK_BASE = -3.0
 MODEL_SHARE = 0.5
 SPAM_CATEGORIES = ("spam", "phishing")
+# Categories whose membership is a judgement on a score (the others, such as virus
+# or dangerous_attachment, are facts), and the score that puts mail in them by default.
+SCORED_CATEGORIES = ("spam", "phishing", "bulk")
+DEFAULT_LEVEL = 50.0
 
 
 def _sigmoid100(z: float) -> float:
@@ -134,7 +137,9 @@ class ScoringEngine:
         hits = [RuleHit("SPAM_MODEL", round(model_logit, 3),
                         f"statistical token model {self.model.meta.get('name', '')}".strip())]
         hits += [RuleHit(r.name, r.score, r.description) for r in fired]
-        categories = aggressiveness.categories_at(category_scores)
+        # Categories at the default level; the policy stage applies each user's own
+        # levels to category_scores (streams/policy.py).
+        categories = [c for c in SCORED_CATEGORIES if category_scores.get(c, 0.0) >= DEFAULT_LEVEL]
         if dangerous:
             categories.append("dangerous_attachment")
 

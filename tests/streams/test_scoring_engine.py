@@ -7,7 +7,7 @@ import pytest
 
 from postwarden.config import load_settings, ConfigError
 from postwarden.records import Envelope
-from streams import aggressiveness, scoring_cli
+from streams import scoring_cli
 from streams.scoring_engine import ScoringEngine
 from streams.scorer import Scorer
 from tests.streams.scoring_fixtures import EICAR, plain_message, with_attachment
@@ -73,14 +73,6 @@ def test_dangerous_attachment_is_held(engine):
 async def test_async_path_without_scanner_says_unscanned(engine):
     result = await engine.score(plain_message(), envelope())
     assert "unscanned" in result.categories and result.verdict == "clean"
-
-
-def test_aggressiveness_levels():
-    scores = {"spam": 40.0, "bulk": 70.0, "phishing": 10.0}
-    assert aggressiveness.categories_at(scores) == ["bulk"]
-    assert aggressiveness.categories_at(scores, {"spam": "aggressive", "bulk": "lenient"}) == ["spam"]
-    with pytest.raises(ValueError):
-        aggressiveness.categories_at(scores, {"spam": "extreme"})
 
 
 def test_cli_score_prints_one_json_line_per_message(tmp_path, capsys, monkeypatch):
