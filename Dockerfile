@@ -1,6 +1,9 @@
 # syntax=docker/dockerfile:1
 # Postwarden image: one image for every role (ingest, worker, sinks, web,
-# migrations); the Helm chart picks the role with the container args.
+# migrations); the Helm chart picks the role with the container args. The
+# spam model, web templates and assets, the OpenAPI document and the Grafana
+# dashboards travel inside the wheel as package data (pyproject.toml).
+# In a container, listening on loopback only would reach nobody.
 
 # The full image carries compilers for any dependency without a binary wheel;
 # none of them reach the runtime image.
@@ -18,7 +21,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     POSTWARDEN_DATA_DIR=/var/lib/postwarden \
-    POSTWARDEN_SMTP_HOST=0.0.0.0
+    POSTWARDEN_SMTP_HOST=0.0.0.0 \
+    POSTWARDEN_WEB_HOST=0.0.0.0 \
+    POSTWARDEN_HEALTH_HOST=0.0.0.0
 RUN groupadd --system --gid 10001 postwarden \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/postwarden \
         --shell /usr/sbin/nologin postwarden \

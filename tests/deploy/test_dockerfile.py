@@ -13,6 +13,8 @@ from configparser import ConfigParser
 from tests.deploy.helmchart import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
+# Top-level packages the image runs (pyproject.toml's packages.find).
+PACKAGES = ("postwarden", "ingest", "streams", "sinks", "web", "dashboards")
 
 
 def stages() -> list[tuple[str, list[tuple[str, str]]]]:
@@ -69,5 +71,23 @@ def test_builder_stage_wheel_has_the_postwarden_command(tmp_path):
         parser = ConfigParser()
         parser.read_string(zf.read(entry_points).decode())
     assert parser["console_scripts"]["postwarden"] == "postwarden.cli:main"
-    assert "postwarden/examples/tenants.yaml" in names
     assert not any(n.startswith(("tests/", "deploy/")) for n in names)
+    # Every file the packages read at run time: the spam model, the Message
+    # Center's templates and assets, the API description, dashboards, examples.
+    tracked = subprocess.run(["git", "ls-files", *PACKAGES], cwd=ROOT, capture_output=True, text=True,
+                             check=True).stdout.split()
+    data = [n for n in tracked if not n.endswith(".py")]
+    for wanted in ("streams/models/", "web/templates/", "web/static/", "web/openapi.json",
+                   "dashboards/provisioning/", "postwarden/examples/tenants.yaml"):
+        assert any(n.startswith(wanted) for n in data), wanted
+    missing = sorted(set(data) - set(names))
+    assert not missing, f"package data left out of the wheel (pyproject.toml package-data): {missing}"
+    for package in PACKAGES:
+        assert f"{package}/__init__.py" in names, package
+
+
+def test_runtime_listens_beyond_loopback():
+    (_, runtime) = stages()[-1]
+    env = " ".join(a for i, a in runtime if i == "ENV")
+    for name in ("POSTWARDEN_SMTP_HOST", "POSTWARDEN_WEB_HOST", "POSTWARDEN_HEALTH_HOST"):
+        assert f"{name}=0.0.0.0" in env, name

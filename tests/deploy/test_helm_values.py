@@ -20,9 +20,21 @@ REJECTED = {
     "zero partitions": (["--set", "kafka.partitions=0"], "kafka.partitions: Must be greater than or equal to 1"),
     "empty bootstrap": (["--set", "kafka.bootstrapServers="], "kafka.bootstrapServers: Does not match pattern"),
     "bootstrap without port": (["--set", "kafka.bootstrapServers=kafka"], "kafka.bootstrapServers"),
-    "sasl mechanism": (["--set", "kafka.sasl.mechanism=GSSAPI"], "kafka.sasl.mechanism"),
+    "kafka tls is not supported yet": (["--set", "kafka.tls.enabled=true"], "kafka: Additional property tls"),
     "password in clickhouse url": (["--set", "clickhouse.url=clickhouse://u:secret@ch:9000/db"], "clickhouse.url"),
-    "short quarantine key": (["--set", "secrets.quarantineKey=abc"], "secrets.quarantineKey: Does not match pattern"),
+    "old key settings": (["--set", "secrets.quarantineKey=abc"], "Additional property secrets is not allowed"),
+    "empty keys secret key": (["--set", "keys.secretKey="], "keys.secretKey: String length must be greater"),
+    "resolver by name": (["--set", "scoring.dnsServers={dns.google}"], "scoring.dnsServers.0: Does not match pattern"),
+    "zero dns timeout": (["--set", "scoring.dnsTimeoutSeconds=0"], "scoring.dnsTimeoutSeconds"),
+    "short smtp lines": (["--set", "ingest.limits.maxLineLength=512"],
+                         "ingest.limits.maxLineLength: Must be greater than or equal to 1001"),
+    "unknown smtp limit": (["--set", "ingest.limits.maxMessages=5"],
+                           "ingest.limits: Additional property maxMessages is not allowed"),
+    "k-anonymity zero": (["--set", "stats.kAnonymity=0"], "stats.kAnonymity: Must be greater than or equal to 1"),
+    "public url without scheme": (["--set", "config.publicUrl=quarantine.example.com"], "config.publicUrl"),
+    "notify from without domain": (["--set", "config.notifyFrom=postmaster"], "config.notifyFrom"),
+    "notifier smtp egress is gone": (["--set", "notifier.smtpTo.ports={25}"],
+                                     "notifier: Additional property smtpTo is not allowed"),
     "traffic policy": (["--set", "ingest.service.externalTrafficPolicy=Remote"],
                        "ingest.service.externalTrafficPolicy"),
     "missing limits": (["--set", "stats.resources.limits=null"], "stats.resources: limits is required"),
@@ -63,10 +75,35 @@ def test_lint_fails_on_bad_values(helm):
     assert "ingest.replicas" in proc.stdout + proc.stderr
 
 
-def test_sasl_needs_a_password(helm):
-    proc = helm.template("--set", "kafka.sasl.enabled=true", check=False)
+def test_schema_rejects_bad_tenant_options(helm, tmp_path):
+    """Options that landed with SMTP AUTH, the Message Center and delivery."""
+    values = tmp_path / "tenant.yaml"
+    values.write_text(yaml.safe_dump({"tenants": [{
+        "id": "t", "domains": ["example.com"], "relay_networks": ["192.0.2.0/24"],
+        "downstream": [{"host": "mx.example.com", "max_connections": 0}],
+        "auth": [{"username": "relay", "password_hash": "plaintext-password"}],
+        "frame_ancestors": ["portal.example.com"], "api_keys": ["my-api-key"],
+        "default_user": {"levels": {"spam": "extreme"}}, "max_retry_days": 0,
+    }]}))
+    proc = helm.template("-f", str(values), check=False)
     assert proc.returncode != 0
-    assert "kafka.sasl.password or kafka.sasl.passwordSecret.name" in proc.stderr
+    for field in ("tenants.0.downstream.0.max_connections", "tenants.0.auth.0.password_hash",
+                  "tenants.0.frame_ancestors.0", "tenants.0.api_keys.0", "tenants.0.default_user.levels.spam",
+                  "tenants.0.max_retry_days"):
+        assert field in proc.stderr, (field, proc.stderr)
+
+
+def test_tenant_schema_follows_the_tenants_file_model():
+    """Every option of postwarden.config.Tenant is in the chart's schema, and nothing else."""
+    from postwarden.config import DefaultUser, DigestSchedule, Downstream, SmtpLogin, Tenant
+
+    tenant = json.loads((CHART / "values.schema.json").read_text())["definitions"]["tenant"]["properties"]
+    # recipients_file is relative to the tenants file, which the chart renders alone: use recipients.
+    assert set(tenant) == set(Tenant.model_fields) - {"recipients_file"}
+    assert set(tenant["downstream"]["items"]["properties"]) == set(Downstream.model_fields)
+    assert set(tenant["digest"]["properties"]) == set(DigestSchedule.model_fields)
+    assert set(tenant["auth"]["items"]["properties"]) == set(SmtpLogin.model_fields)
+    assert set(tenant["default_user"]["properties"]) == set(DefaultUser.model_fields)
 
 
 def test_schema_is_draft07_and_accepts_the_examples():

@@ -46,12 +46,26 @@ app.kubernetes.io/component: {{ .component }}
 {{- end -}}
 {{- end -}}
 
+{{/* Secret holding the keys file (postwarden.keyring): the operator's, or the chart's own. */}}
 {{- define "postwarden.keysSecretName" -}}
-{{- default (include "postwarden.fullname" .) .Values.secrets.existingSecret -}}
+{{- default (include "postwarden.fullname" .) .Values.keys.existingSecret -}}
 {{- end -}}
 
-{{- define "postwarden.clamavAddress" -}}
-{{- printf "%s:3310" (include "postwarden.componentName" (dict "root" . "component" "clamav")) -}}
+{{- define "postwarden.keysSecretKey" -}}
+{{- if .Values.keys.existingSecret -}}{{ .Values.keys.secretKey }}{{- else -}}keys.json{{- end -}}
+{{- end -}}
+
+{{- define "postwarden.clamdAddress" -}}
+{{- printf "tcp://%s:3310" (include "postwarden.componentName" (dict "root" . "component" "clamav")) -}}
+{{- end -}}
+
+{{/* Where `postwarden web` and the notifier's links send users. */}}
+{{- define "postwarden.publicUrl" -}}
+{{- if .Values.config.publicUrl -}}
+{{- .Values.config.publicUrl -}}
+{{- else -}}
+{{- printf "https://%s" .Values.web.ingress.host -}}
+{{- end -}}
 {{- end -}}
 
 {{/*
@@ -62,49 +76,32 @@ migration hook (which runs before that ConfigMap exists).
 POSTWARDEN_BOOTSTRAP_SERVERS: {{ .Values.kafka.bootstrapServers | quote }}
 POSTWARDEN_TOPIC_PARTITIONS: {{ .Values.kafka.partitions | int64 | quote }}
 POSTWARDEN_REPLICATION_FACTOR: {{ .Values.kafka.replicationFactor | int64 | quote }}
-POSTWARDEN_KAFKA_TLS: {{ .Values.kafka.tls.enabled | quote }}
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
-POSTWARDEN_KAFKA_TLS_CA_FILE: "/etc/postwarden/kafka-ca/ca.crt"
-{{- end }}
-{{- if .Values.kafka.sasl.enabled }}
-POSTWARDEN_KAFKA_SASL_MECHANISM: {{ .Values.kafka.sasl.mechanism | quote }}
-POSTWARDEN_KAFKA_SASL_USERNAME: {{ .Values.kafka.sasl.username | quote }}
-{{- end }}
 POSTWARDEN_CLICKHOUSE_URL: {{ .Values.clickhouse.url | quote }}
 POSTWARDEN_TENANTS_FILE: "/etc/postwarden/tenants.yaml"
 POSTWARDEN_DATA_DIR: "/var/lib/postwarden"
+{{- /* Probes and scrapes arrive on the pod IP, not loopback. */}}
+POSTWARDEN_HEALTH_HOST: "0.0.0.0"
 POSTWARDEN_HEALTH_PORT: "8080"
 POSTWARDEN_LOG_LEVEL: {{ .Values.config.logLevel | quote }}
 POSTWARDEN_APP_ID: {{ .Values.config.appId | quote }}
 POSTWARDEN_MAX_MESSAGE_SIZE: {{ .Values.config.maxMessageSize | int64 | quote }}
-{{- if .Values.clamav.enabled }}
-POSTWARDEN_CLAMAV_ADDRESS: {{ include "postwarden.clamavAddress" . | quote }}
-{{- end }}
+{{- /* Ingest greets with it; DSNs and alerts are sent from it. */}}
+POSTWARDEN_SMTP_HOSTNAME: {{ .Values.ingest.hostname | quote }}
+POSTWARDEN_PUBLIC_URL: {{ include "postwarden.publicUrl" . | quote }}
+POSTWARDEN_NOTIFY_FROM: {{ default (printf "postmaster@%s" .Values.ingest.hostname) .Values.config.notifyFrom | quote }}
 {{- range $k, $v := .Values.config.extraSettings }}
 {{ printf "POSTWARDEN_%s" (upper $k) }}: {{ $v | toString | quote }}
 {{- end }}
 {{- end -}}
 
 {{/*
-Secret-backed env entries. Args: root, and booleans clickhouse, quarantine,
-session choosing which secrets this container gets (each only what it uses);
-hookSecret names the migration hook's copy of the chart-managed passwords.
+Secret-backed env entries. Args: root, clickhouse (bool: this container
+writes to ClickHouse), hookSecret (the migration hook's copy of the
+chart-managed password).
 */}}
 {{- define "postwarden.secretEnv" -}}
 {{- $v := .root.Values -}}
 {{- $chartSecret := default (include "postwarden.fullname" .root) .hookSecret -}}
-{{- if $v.kafka.sasl.enabled }}
-- name: POSTWARDEN_KAFKA_SASL_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      {{- if $v.kafka.sasl.passwordSecret.name }}
-      name: {{ $v.kafka.sasl.passwordSecret.name }}
-      key: {{ $v.kafka.sasl.passwordSecret.key }}
-      {{- else }}
-      name: {{ $chartSecret }}
-      key: kafka-sasl-password
-      {{- end }}
-{{- end }}
 {{- if and .clickhouse (or $v.clickhouse.passwordSecret.name $v.clickhouse.password) }}
 - name: POSTWARDEN_CLICKHOUSE_PASSWORD
   valueFrom:
@@ -116,26 +113,6 @@ hookSecret names the migration hook's copy of the chart-managed passwords.
       name: {{ $chartSecret }}
       key: clickhouse-password
       {{- end }}
-{{- end }}
-{{- if .quarantine }}
-- name: POSTWARDEN_QUARANTINE_KEY
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "postwarden.keysSecretName" .root }}
-      key: quarantine-key
-- name: POSTWARDEN_QUARANTINE_PREVIOUS_KEYS
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "postwarden.keysSecretName" .root }}
-      key: quarantine-previous-keys
-      optional: true
-{{- end }}
-{{- if .session }}
-- name: POSTWARDEN_SESSION_SECRET
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "postwarden.keysSecretName" .root }}
-      key: session-secret
 {{- end }}
 {{- end -}}
 
@@ -151,7 +128,10 @@ hookSecret names the migration hook's copy of the chart-managed passwords.
 {{- toYaml .Values.securityContext }}
 {{- end -}}
 
-{{/* Volumes every Postwarden pod mounts; args: root, data (true: emptyDir for DATA_DIR). */}}
+{{/*
+Volumes of a Postwarden pod. Args: root, data (true: emptyDir for DATA_DIR),
+keys (true: the keys file), smtpTls (true: the STARTTLS certificate).
+*/}}
 {{- define "postwarden.volumes" -}}
 - name: tmp
   emptyDir: {}
@@ -162,16 +142,29 @@ hookSecret names the migration hook's copy of the chart-managed passwords.
 - name: data
   emptyDir: {}
 {{- end }}
-{{- if and .root.Values.kafka.tls.enabled .root.Values.kafka.tls.caSecret }}
-- name: kafka-ca
+{{- if .keys }}
+- name: keys
   secret:
-    secretName: {{ .root.Values.kafka.tls.caSecret }}
+    secretName: {{ include "postwarden.keysSecretName" .root }}
+    defaultMode: 0440
     items:
-      - key: ca.crt
-        path: ca.crt
+      - key: {{ include "postwarden.keysSecretKey" .root }}
+        path: keys.json
+{{- end }}
+{{- if .smtpTls }}
+- name: smtp-tls
+  secret:
+    secretName: {{ .root.Values.ingest.tls.secretName }}
+    defaultMode: 0440
+    items:
+      - key: tls.crt
+        path: tls.crt
+      - key: tls.key
+        path: tls.key
 {{- end }}
 {{- end -}}
 
+{{/* Mounts matching postwarden.volumes; args: keys, smtpTls. */}}
 {{- define "postwarden.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
@@ -182,18 +175,29 @@ hookSecret names the migration hook's copy of the chart-managed passwords.
   readOnly: true
 - name: data
   mountPath: /var/lib/postwarden
-{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}
-- name: kafka-ca
-  mountPath: /etc/postwarden/kafka-ca
+{{- if .keys }}
+- name: keys
+  mountPath: /etc/postwarden/keys
   readOnly: true
 {{- end }}
+{{- if .smtpTls }}
+- name: smtp-tls
+  mountPath: /etc/postwarden/smtp-tls
+  readOnly: true
+{{- end }}
+{{- end -}}
+
+{{/* Env naming the mounted keys file. */}}
+{{- define "postwarden.keysEnv" -}}
+- name: POSTWARDEN_KEYS_FILE
+  value: /etc/postwarden/keys/keys.json
 {{- end -}}
 
 {{/* Pod annotations that roll pods when their configuration changes. */}}
 {{- define "postwarden.configChecksums" -}}
 checksum/settings: {{ include "postwarden.settings" . | sha256sum }}
 checksum/tenants: {{ toJson .Values.tenants | sha256sum }}
-checksum/secrets: {{ toJson (list .Values.secrets .Values.clickhouse.password .Values.kafka.sasl.password) | sha256sum }}
+checksum/secrets: {{ toJson (list .Values.keys .Values.clickhouse.password .Values.ingest.tls) | sha256sum }}
 prometheus.io/scrape: "true"
 prometheus.io/port: "8080"
 prometheus.io/path: /metrics
@@ -244,7 +248,8 @@ readinessProbe:
 {{/*
 A stateless Postwarden Deployment. Args: root, component, values, args,
 ports (extra container ports besides health), env (extra env list),
-secrets (dict for postwarden.secretEnv).
+secrets (dict for postwarden.secretEnv), mounts (dict of keys/smtpTls
+booleans), lifecycle (optional container lifecycle).
 */}}
 {{- define "postwarden.deployment" -}}
 {{- $root := .root -}}
@@ -310,18 +315,25 @@ spec:
             {{- with include "postwarden.secretEnv" (merge (dict "root" $root) .secrets) | trim }}
             {{- . | nindent 12 }}
             {{- end }}
+            {{- if (.mounts | default dict).keys }}
+            {{- include "postwarden.keysEnv" $root | nindent 12 }}
+            {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
             {{- end }}
+          {{- with .lifecycle }}
+          lifecycle:
+            {{- toYaml . | nindent 12 }}
+          {{- end }}
           {{- include "postwarden.healthProbes" $root | nindent 10 }}
           resources:
             {{- toYaml .values.resources | nindent 12 }}
           securityContext:
             {{- include "postwarden.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
-            {{- include "postwarden.volumeMounts" $root | nindent 12 }}
+            {{- include "postwarden.volumeMounts" (.mounts | default dict) | nindent 12 }}
       volumes:
-        {{- include "postwarden.volumes" (dict "root" $root "data" true) | nindent 8 }}
+        {{- include "postwarden.volumes" (merge (dict "root" $root "data" true) (.mounts | default dict)) | nindent 8 }}
 {{- end -}}
 
 {{/* NetworkPolicy egress rules. */}}
@@ -339,6 +351,19 @@ spec:
     - protocol: TCP
       port: {{ . }}
     {{- end }}
+{{- end -}}
+
+{{/* Rule for pods of chart components on one TCP port; args: root, components, port, direction ("to"/"from"). */}}
+{{- define "postwarden.podsRule" -}}
+- {{ .direction }}:
+    {{- range .components }}
+    - podSelector:
+        matchLabels:
+          {{- include "postwarden.selectorLabels" (dict "root" $.root "component" .) | nindent 10 }}
+    {{- end }}
+  ports:
+    - protocol: TCP
+      port: {{ .port }}
 {{- end -}}
 
 {{- define "postwarden.egressDNS" -}}
