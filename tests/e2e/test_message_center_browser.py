@@ -50,7 +50,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory) -> Iterator[Stack]:
-    s = Stack(tmp_path_factory.mktemp("browser"), ingest=True)
+    s = Stack(tmp_path_factory.mktemp("browser"), ingest=True, delivery=True)
     try:
         s.start()
         yield s
@@ -156,6 +156,12 @@ def test_sign_in_list_view_release_and_allow(stack, browser):
     page.screenshot(path=str(SHOTS / "05-released.png"), full_page=True)
     released = stack.wait_routed("mail.deliver", mid, "bella@example.com")
     assert released.reason == "released" and b"Claim your prize" in released.raw
+    # ... and the delivery sink hands it to the provider's mailbox server.
+    deadline = time.monotonic() + 30
+    while not (arrived := [m for m in stack.downstream.recorder.received if b"Claim your prize" in m.content]):
+        assert time.monotonic() < deadline, "the released message never reached the mailbox server"
+        time.sleep(0.2)
+    assert [m.rcpt_tos for m in arrived] == [["bella@example.com"]]
     page.click("#allow-sender")
     page.wait_for_selector("#notice")
     assert "promo@shop.example" in page.input_value("#allow")

@@ -21,6 +21,7 @@ from postwarden.records import RoutedMessage, Verdict, new_message_id
 from postwarden.topics import create_topics
 from tests.conftest import Process, service_env, wait_http_ok
 from tests.kafka_reader import read_topic
+from tests.smtp_servers import SmtpServer, start_server
 from web.provider_api import hash_api_key
 
 KEY_EXAMPLE = "pwk_test-key-for-example-tenant-0123456789"
@@ -44,8 +45,10 @@ tenants:
 
 
 class Stack:
-    def __init__(self, tmp: Path, workers: int = 1, ingest: bool = False) -> None:
+    def __init__(self, tmp: Path, workers: int = 1, ingest: bool = False, delivery: bool = False) -> None:
         self.tmp, self.n_workers, self.with_ingest = tmp, workers, ingest
+        self.with_delivery = delivery
+        self.downstream: SmtpServer | None = None
         self.processes: list[Process] = []
         self.portal_port, self.downstream_port = free_port(), free_port()
         self.web_port, self.web_health = free_port(), free_port()
@@ -75,6 +78,10 @@ class Stack:
         self.web = self.spawn(["web"], self.env(
             POSTWARDEN_WEB_PORT=str(self.web_port), POSTWARDEN_HEALTH_PORT=str(self.web_health),
             POSTWARDEN_PUBLIC_URL=self.url, POSTWARDEN_WORKER_URL=f"http://127.0.0.1:{self.worker_ports[0]}"), "web")
+        if self.with_delivery:
+            # The tenants' mailbox server, and the sink that relays mail.deliver to it.
+            self.downstream = start_server(port=self.downstream_port)
+            self.spawn(["sink", "delivery"], self.env(POSTWARDEN_HEALTH_PORT=str(free_port())), "delivery")
         if self.with_ingest:
             self.ingest = self.spawn(["ingest"], self.env(POSTWARDEN_SMTP_PORT=str(self.smtp_port),
                                                           POSTWARDEN_HEALTH_PORT=str(self.ingest_health)), "ingest")
@@ -103,6 +110,8 @@ class Stack:
             if p.proc is not None and p.proc.poll() is None:
                 p.stop()
         self.broker.stop()
+        if self.downstream is not None:
+            self.downstream.stop()
 
     def logs(self) -> str:
         return "\n".join(p.log() for p in self.processes)
