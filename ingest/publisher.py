@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
 
+from postwarden.kafka_security import tls_failure
 from postwarden.records import Envelope
 from postwarden.topics import INBOUND
 
@@ -35,8 +38,11 @@ class PublishError(Exception):
 
 
 class InboundPublisher:
-    def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float) -> None:
+    def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float,
+                 security: Mapping[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._security = security or {}
+        self._tls_failure: str | None = None  # logged once per distinct reason
         self._max_request = max_message_size + RECORD_OVERHEAD
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -93,6 +99,7 @@ class InboundPublisher:
                     max_request_size=self._max_request,
                     request_timeout_ms=int(self._timeout * 1000),
                     linger_ms=1,
+                    **self._security,
                 )
                 try:
                     await producer.start()
@@ -114,4 +121,8 @@ class InboundPublisher:
                 raise
             except Exception as exc:  # broker down: stay unready, keep trying
                 log.debug("broker not reachable: %s", type(exc).__name__)
+                why = await asyncio.to_thread(tls_failure, self._bootstrap, self._security)
+                if why and why != self._tls_failure:
+                    log.warning("cannot reach the broker", extra={"reason": why[:300]})
+                self._tls_failure = why
             await asyncio.sleep(2.0)
