@@ -42,7 +42,8 @@ class InboundPublisher:
                  security: Mapping[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
         self._security = security or {}
-        self._tls_failure: str | None = None  # logged once per distinct reason
+        # Why the broker refuses our TLS, if it does: logged once, and the reason of each 451.
+        self._tls_failure: str | None = None
         self._max_request = max_message_size + RECORD_OVERHEAD
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -76,7 +77,7 @@ class InboundPublisher:
         try:
             await asyncio.wait_for(self._send(envelope, raw), self._timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+            raise PublishError(self._tls_failure or f"{type(exc).__name__}: {exc}") from exc
         self._last_ok = time.monotonic()
         PRODUCE_SECONDS.observe(self._last_ok - started)
 
@@ -117,6 +118,7 @@ class InboundPublisher:
                 producer = await asyncio.wait_for(self._ensure_producer(), self._timeout)
                 if await asyncio.wait_for(producer.client.fetch_all_metadata(), 3.0):
                     self._last_ok = time.monotonic()
+                    self._tls_failure = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker down: stay unready, keep trying
