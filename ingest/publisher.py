@@ -11,11 +11,14 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from prometheus_client import Histogram
 
+from postwarden.kafka_security import tls_failure
 from postwarden.records import Envelope
 from postwarden.topics import INBOUND
 
@@ -35,8 +38,12 @@ class PublishError(Exception):
 
 
 class InboundPublisher:
-    def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float) -> None:
+    def __init__(self, bootstrap: list[str], max_message_size: int, timeout: float,
+                 security: Mapping[str, Any] | None = None) -> None:
         self._bootstrap = bootstrap
+        self._security = security or {}
+        # Why the broker refuses our TLS, if it does: logged once, and the reason of each 451.
+        self._tls_failure: str | None = None
         self._max_request = max_message_size + RECORD_OVERHEAD
         self._timeout = timeout
         self._producer: AIOKafkaProducer | None = None
@@ -70,7 +77,7 @@ class InboundPublisher:
         try:
             await asyncio.wait_for(self._send(envelope, raw), self._timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise PublishError(f"{type(exc).__name__}: {exc}") from exc
+            raise PublishError(self._tls_failure or f"{type(exc).__name__}: {exc}") from exc
         self._last_ok = time.monotonic()
         PRODUCE_SECONDS.observe(self._last_ok - started)
 
@@ -93,6 +100,7 @@ class InboundPublisher:
                     max_request_size=self._max_request,
                     request_timeout_ms=int(self._timeout * 1000),
                     linger_ms=1,
+                    **self._security,
                 )
                 try:
                     await producer.start()
@@ -110,8 +118,13 @@ class InboundPublisher:
                 producer = await asyncio.wait_for(self._ensure_producer(), self._timeout)
                 if await asyncio.wait_for(producer.client.fetch_all_metadata(), 3.0):
                     self._last_ok = time.monotonic()
+                    self._tls_failure = None
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # broker down: stay unready, keep trying
                 log.debug("broker not reachable: %s", type(exc).__name__)
+                why = await asyncio.to_thread(tls_failure, self._bootstrap, self._security)
+                if why and why != self._tls_failure:
+                    log.warning("cannot reach the broker", extra={"reason": why[:300]})
+                self._tls_failure = why
             await asyncio.sleep(2.0)

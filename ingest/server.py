@@ -14,6 +14,7 @@ from ingest.smtp_handler import IngestHandler
 from ingest.tls import server_context
 from postwarden.config import ConfigError, Settings
 from postwarden.health import HealthServer
+from postwarden.kafka_security import client_kwargs
 from postwarden.topics import INBOUND_MAX_RECORD_BYTES
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,8 @@ class IngestNode:
                 f"POSTWARDEN_MAX_MESSAGE_SIZE={settings.max_message_size} does not fit in a "
                 f"mail.inbound record (at most {INBOUND_MAX_RECORD_BYTES - RECORD_OVERHEAD} bytes)")
         self.publisher = InboundPublisher(
-            settings.bootstrap_list, settings.max_message_size, settings.produce_timeout
+            settings.bootstrap_list, settings.max_message_size, settings.produce_timeout,
+            client_kwargs(settings),
         )
         self.handler = IngestHandler(
             tenants, self.publisher, settings.smtp_hostname, settings.node_name,

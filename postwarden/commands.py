@@ -61,6 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
+    from postwarden.kafka_security import client_kwargs
     from postwarden.topics import create_topics
 
     settings = load_settings()
@@ -69,7 +70,7 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
         return 2
     try:
         result = create_topics(settings.bootstrap_list, settings.topic_partitions,
-                               settings.replication_factor, args.timeout)
+                               settings.replication_factor, args.timeout, client_kwargs(settings))
     except Exception as exc:  # kafka-python raises a wide family; say what failed
         print(f"postwarden: cannot create topics: {exc}", file=sys.stderr)
         return 1

@@ -48,10 +48,17 @@ def _describe(exc: ValidationError, source: str, env_style: bool = False) -> str
         if env_style:
             loc = ENV_PREFIX + loc.upper()
         msg = err["msg"]
-        if "input" in err and err["type"] != "missing" and not isinstance(err["input"], dict):
+        if ("input" in err and err["type"] != "missing" and not isinstance(err["input"], dict)
+                and not _is_secret(err["loc"])):
             msg = f"{msg} (got {err['input']!r})"
         lines.append(f"  {loc}: {msg}")
     return "\n".join(lines)
+
+
+def _is_secret(loc: tuple) -> bool:
+    """A field declared repr=False: its value never goes into an error message."""
+    name = str(loc[-1]) if loc else ""
+    return any(name in m.model_fields and not m.model_fields[name].repr for m in (Settings, SmtpLogin))
 
 
 # --- tenants file ---------------------------------------------------------
@@ -466,6 +473,15 @@ class Settings(BaseSettings):
     # On SIGTERM: how long sessions in a transaction may take to finish.
     smtp_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
 
+    # --- Kafka client security (issue 8); applied to every client by postwarden.kafka_security ---
+    kafka_security_protocol: str = "PLAINTEXT"
+    # PEM bundle of the CAs that signed the brokers' certificates; empty: the system CAs.
+    kafka_ssl_ca_file: Path | None = None
+    kafka_ssl_check_hostname: bool = True
+    kafka_sasl_mechanism: str = Field(default="", validate_default=True)
+    kafka_sasl_username: str = Field(default="", validate_default=True)
+    kafka_sasl_password: str = Field(default="", repr=False, validate_default=True)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, v: str) -> str:
@@ -530,6 +546,59 @@ class Settings(BaseSettings):
             raise ValueError("must be an address such as postmaster@gateway.example")
         return v.strip()
 
+    @field_validator("kafka_security_protocol")
+    @classmethod
+    def _kafka_protocol(cls, v: str, info: ValidationInfo) -> str:
+        v = v.strip().upper()
+        if v not in KAFKA_SECURITY_PROTOCOLS:
+            raise ValueError(f"must be one of {', '.join(KAFKA_SECURITY_PROTOCOLS)}")
+        if v != "PLAINTEXT" and info.data.get("bootstrap_servers") == "":
+            raise ValueError("needs POSTWARDEN_BOOTSTRAP_SERVERS: the local broker speaks PLAINTEXT only")
+        return v
+
+    @field_validator("kafka_ssl_ca_file")
+    @classmethod
+    def _kafka_ca(cls, v: Path | None, info: ValidationInfo) -> Path | None:
+        if v is None:
+            return v
+        _kafka_needs(info, tls=True)
+        import ssl
+
+        try:
+            with open(v, "rb"):
+                pass
+            ssl.create_default_context(cafile=str(v))
+        except ssl.SSLError:
+            raise ValueError(f"{v} holds no PEM CA certificate") from None
+        except OSError as exc:
+            raise ValueError(f"cannot read {v}: {exc.strerror}") from None
+        return v
+
+    @field_validator("kafka_ssl_check_hostname")
+    @classmethod
+    def _kafka_check_hostname(cls, v: bool, info: ValidationInfo) -> bool:
+        if not v:
+            _kafka_needs(info, tls=True)
+        return v
+
+    @field_validator("kafka_sasl_mechanism", "kafka_sasl_username", "kafka_sasl_password")
+    @classmethod
+    def _kafka_sasl(cls, v: str, info: ValidationInfo) -> str:
+        mechanism = info.field_name == "kafka_sasl_mechanism"
+        if mechanism:
+            v = v.strip().upper()
+        protocol = info.data.get("kafka_security_protocol")
+        if protocol is None:  # itself invalid, reported there
+            return v
+        if protocol.startswith("SASL_"):
+            if not v:
+                raise ValueError(f"required with POSTWARDEN_KAFKA_SECURITY_PROTOCOL={protocol}")
+        elif v:
+            _kafka_needs(info, tls=False)
+        if mechanism and v and v not in KAFKA_SASL_MECHANISMS:
+            raise ValueError(f"must be one of {', '.join(KAFKA_SASL_MECHANISMS)}")
+        return v
+
     @property
     def retry_delays(self) -> list[float]:
         return [float(x) for x in self.delivery_retry_delays.split(",")]
@@ -547,6 +616,23 @@ class Settings(BaseSettings):
         if self.keys_file is not None:
             return Keyring.load(self.keys_file)
         return Keyring.load_or_create(self.data_dir / "keys.json")
+
+
+KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+KAFKA_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+def _kafka_needs(info: ValidationInfo, tls: bool) -> None:
+    """Raises unless the (valid) security protocol uses TLS (tls=True) or SASL (tls=False)."""
+    protocol = info.data.get("kafka_security_protocol")
+    if protocol is None:
+        return
+    if tls and protocol not in ("SSL", "SASL_SSL"):
+        raise ValueError(f"set, but POSTWARDEN_KAFKA_SECURITY_PROTOCOL={protocol} "
+                         "does not use TLS (SSL or SASL_SSL do)")
+    if not tls and not protocol.startswith("SASL_"):
+        raise ValueError(f"set, but POSTWARDEN_KAFKA_SECURITY_PROTOCOL={protocol} "
+                         "does not use SASL (SASL_PLAINTEXT or SASL_SSL do)")
 
 
 def load_settings(env: dict[str, str] | None = None, **overrides: Any) -> Settings:

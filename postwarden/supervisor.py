@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from kafka.errors import KafkaError
 
 from postwarden.config import Settings
+from postwarden.kafka_security import client_kwargs
 from postwarden.local_services import SeaweedFS, ServiceError, Tansu, stop_pid, wait_port_free
 from postwarden.logs import setup_logging
 from postwarden.topics import create_topics
@@ -96,7 +97,8 @@ class Supervisor:
 
     def _create_topics(self, bootstrap: str) -> None:
         create_topics(bootstrap.split(","), self.settings.topic_partitions,
-                      self.settings.replication_factor, timeout=60)
+                      self.settings.replication_factor, timeout=60,
+                      security=client_kwargs(self.settings))
 
     def run(self) -> int:
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+from postwarden.kafka_security import tls_failure
 
 log = logging.getLogger(__name__)
 
@@ -129,17 +133,19 @@ def topics_document() -> dict:
 
 
 def create_topics(
-    bootstrap: list[str], partitions: int, replication: int = 1, timeout: float = 30.0
+    bootstrap: list[str], partitions: int, replication: int = 1, timeout: float = 30.0,
+    security: Mapping[str, Any] | None = None,
 ) -> dict[str, str]:
     """Create every declared topic that is missing; returns name -> created|exists.
 
     Idempotent and safe to run concurrently (an 'already exists' race counts as
     exists). Raises KafkaError if the cluster cannot be reached within timeout.
+    ``security``: postwarden.kafka_security.client_kwargs of the settings.
     """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            return _create_missing(bootstrap, partitions, replication, deadline)
+            return _create_missing(bootstrap, partitions, replication, deadline, security or {})
         except KafkaError as exc:
             # A broker that just started may answer before its storage is ready.
             if time.monotonic() >= deadline:
@@ -149,8 +155,8 @@ def create_topics(
 
 
 def _create_missing(bootstrap: list[str], partitions: int, replication: int,
-                    deadline: float) -> dict[str, str]:
-    admin = _connect(bootstrap, deadline)
+                    deadline: float, security: Mapping[str, Any]) -> dict[str, str]:
+    admin = _connect(bootstrap, deadline, security)
     try:
         existing = set(admin.list_topics())
         result: dict[str, str] = {}
@@ -169,7 +175,7 @@ def _create_missing(bootstrap: list[str], partitions: int, replication: int,
         admin.close()
 
 
-def _connect(bootstrap: list[str], deadline: float) -> KafkaAdminClient:
+def _connect(bootstrap: list[str], deadline: float, security: Mapping[str, Any]) -> KafkaAdminClient:
     last: Exception | None = None
     while time.monotonic() < deadline:
         remaining_ms = max(500, int((deadline - time.monotonic()) * 1000))
@@ -179,8 +185,10 @@ def _connect(bootstrap: list[str], deadline: float) -> KafkaAdminClient:
                 client_id="postwarden-admin",
                 request_timeout_ms=min(10_000, remaining_ms),
                 bootstrap_timeout_ms=remaining_ms,
+                **security,
             )
         except KafkaError as exc:
             last = exc
             time.sleep(0.5)
-    raise KafkaError(f"cannot reach the Kafka cluster at {','.join(bootstrap)}: {last}")
+    why = tls_failure(bootstrap, security)
+    raise KafkaError(f"cannot reach the Kafka cluster at {','.join(bootstrap)}: {why or last}")

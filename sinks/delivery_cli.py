@@ -44,6 +44,7 @@ def cmd_sink_notify(args: argparse.Namespace) -> int:
 
 
 def cmd_queue(args: argparse.Namespace) -> int:
+    from postwarden.kafka_security import client_kwargs
     from sinks.delivery_sink import DeliverySink, destination
     from sinks.outbound_queue import scan_queue
 
@@ -54,7 +55,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     group = DeliverySink.group_name(settings)
     try:
         index = scan_queue(settings.bootstrap_list, group,
-                           destination_of=lambda t: destination(tenants.get(t)))
+                           destination_of=lambda t: destination(tenants.get(t)),
+                           security=client_kwargs(settings))
     except Exception as exc:  # kafka-python raises a wide family; say what failed
         print(f"postwarden: cannot read the delivery queue: {exc}", file=sys.stderr)
         return 1

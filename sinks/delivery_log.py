@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -40,8 +42,8 @@ def log_key(message_id: str, recipient: str) -> str:
     return f"{message_id}|{recipient}"
 
 
-async def load_partitions(bootstrap: list[str], partitions: list[int],
-                          quiet_ms: int = 300) -> dict[int, set[str]]:
+async def load_partitions(bootstrap: list[str], partitions: list[int], quiet_ms: int = 300,
+                          security: Mapping[str, Any] | None = None) -> dict[int, set[str]]:
     """Every key written to these partitions of the log.
 
     Reads until the reported end and then until a poll comes back empty: some
@@ -51,7 +53,7 @@ async def load_partitions(bootstrap: list[str], partitions: list[int],
     if not partitions:
         return done
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                client_id="postwarden-delivered-log")
+                                client_id="postwarden-delivered-log", **(security or {}))
     await consumer.start()
     try:
         tps = [TopicPartition(DELIVERED.name, p) for p in partitions]

@@ -30,6 +30,7 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenant, Tenants
 from postwarden.health import HealthServer
+from postwarden.kafka_security import client_kwargs
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks import delivery_log
@@ -129,9 +130,10 @@ class DeliverySink:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, client_id="postwarden-delivery", acks="all",
             enable_idempotence=False, max_request_size=self.settings.max_message_size + 256 * 1024,
-            linger_ms=1)
+            linger_ms=1, **client_kwargs(self.settings))
         self._consumer = AIOKafkaConsumer(
             *SOURCE_TOPICS, bootstrap_servers=bootstrap, group_id=self.group_id,
+            **client_kwargs(self.settings),
             client_id="postwarden-delivery", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
             max_poll_interval_ms=600_000,
@@ -368,7 +370,8 @@ class DeliverySink:
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in assigned})
         missing = [p for p in partitions if p not in self._done]
-        self._done.update(await delivery_log.load_partitions(self.settings.bootstrap_list, missing))
+        self._done.update(await delivery_log.load_partitions(
+            self.settings.bootstrap_list, missing, security=client_kwargs(self.settings)))
         self._assigned = True
         log.info("partitions assigned", extra={"count": len(partitions)})
 
@@ -382,7 +385,7 @@ class DeliverySink:
             try:
                 self.queue = await asyncio.to_thread(
                     scan_queue, self.settings.bootstrap_list, self.group_id, partitions,
-                    lambda t: destination(self.tenants.get(t)))
+                    lambda t: destination(self.tenants.get(t)), security=client_kwargs(self.settings))
             except Exception as exc:  # a failed scan only leaves the gauges stale
                 log.warning("queue scan failed", extra={"reason": str(exc)[:300]})
                 continue

@@ -19,7 +19,8 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
@@ -27,6 +28,7 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
 from postwarden.health import HealthServer
+from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
@@ -65,12 +67,14 @@ class Notifier:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, client_id="postwarden-notifier", acks="all",
             enable_idempotence=False, linger_ms=1,
-            max_request_size=self.settings.max_message_size + 256 * 1024)
+            max_request_size=self.settings.max_message_size + 256 * 1024,
+            **client_kwargs(self.settings))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=self.group_id, client_id="postwarden-notifier",
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
             heartbeat_interval_ms=1000,
-            max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024)
+            max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
+            **client_kwargs(self.settings))
         await _start(self._producer, stop)
         self._consumer.subscribe([QUARANTINE.name], listener=_Rebalance(self))
         await _start(self._consumer, stop)
@@ -187,7 +191,8 @@ class Notifier:
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = sorted(tp.partition for tp in assigned)
-        for p, states in (await load_states(self.settings.bootstrap_list, partitions)).items():
+        for p, states in (await load_states(self.settings.bootstrap_list, partitions,
+                                                   client_kwargs(self.settings))).items():
             self.states[p] = states
         self._assigned = True
         log.info("partitions assigned", extra={"count": len(partitions)})
@@ -198,13 +203,14 @@ class Notifier:
             self.states.pop(tp.partition, None)
 
 
-async def load_states(bootstrap: list[str], partitions: list[int]) -> dict[int, dict[str, DigestState]]:
+async def load_states(bootstrap: list[str], partitions: list[int],
+                      security: Mapping[str, Any] | None = None) -> dict[int, dict[str, DigestState]]:
     """Latest state per user in these changelog partitions (read until a quiet poll past the end)."""
     out: dict[int, dict[str, DigestState]] = {p: {} for p in partitions}
     if not partitions:
         return out
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                client_id="postwarden-digest-state")
+                                client_id="postwarden-digest-state", **(security or {}))
     await consumer.start()
     try:
         tps = [TopicPartition(DIGEST_STATE.name, p) for p in partitions]

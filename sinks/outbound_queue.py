@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
@@ -76,12 +78,14 @@ class QueueIndex:
 
 
 def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None = None,
-               destination_of=None, timeout: float = 30.0) -> QueueIndex:
+               destination_of=None, timeout: float = 30.0,
+               security: Mapping[str, Any] | None = None) -> QueueIndex:
     """Reads the unfinished part of the delivery topics (blocking; run it in a thread)."""
     index = QueueIndex()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
                              enable_auto_commit=False, auto_offset_reset="earliest",
-                             client_id="postwarden-queue", consumer_timeout_ms=500)
+                             client_id="postwarden-queue", consumer_timeout_ms=500,
+                             **(security or {}))
     try:
         known = consumer.partitions_for_topic(DELIVER.name) or set()
         wanted = sorted(known if partitions is None else set(partitions) & known)

@@ -23,6 +23,7 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings
 from postwarden.health import HealthServer
+from postwarden.kafka_security import client_kwargs
 from postwarden.records import RecordError, StatsWindow
 from postwarden.topics import STATS
 from sinks.stats_store import DATABASE, StatsStore, StoreError, WindowRows, open_store
@@ -57,6 +58,7 @@ class StatsSink:
             STATS.name, bootstrap_servers=self.settings.bootstrap_list, group_id=self.group_id,
             client_id="postwarden-stats-sink", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+            **client_kwargs(self.settings),
         )
         while not stop.is_set():
             try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import faust
 
 from postwarden.config import load_settings
+from postwarden.kafka_security import faust_credentials
 from postwarden.topics import TopicSpec
 
 settings = load_settings()
@@ -34,6 +35,7 @@ app = faust.App(
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
     autodiscover=False,
+    broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),
     # Faust configures logging itself; route it through the same JSON formatter.
     logging_config={

@@ -38,6 +38,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings
+from postwarden.kafka_security import client_kwargs
 from postwarden.records import RecordError, StatsEvent, StatsWindow
 from postwarden.topics import EVENTS, STATS
 from streams.stats_events import RELEASE
@@ -224,10 +225,12 @@ class StatsWindows:
             bootstrap_servers=self.settings.bootstrap_list, group_id=self.group_id,
             client_id="postwarden-stats-windows", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
+            **client_kwargs(self.settings),
         )
         consumer.subscribe([EVENTS.name], listener=_Rebalance(self))
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_list, acks="all",
-                                    client_id="postwarden-stats-windows")
+                                    client_id="postwarden-stats-windows",
+                                    **client_kwargs(self.settings))
         await _start(consumer, stop)
         await _start(producer, stop)
         try:

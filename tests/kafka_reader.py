@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 
-def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool], timeout: float = 30.0) -> list:
-    """All records of a topic, polling until ``until(records)`` holds or timeout passes."""
+def read_topic(bootstrap: str, topic: str, until: Callable[[list], bool], timeout: float = 30.0,
+               security: Mapping[str, Any] | None = None) -> list:
+    """All records of a topic, polling until ``until(records)`` holds or timeout passes.
+
+    ``security``: postwarden.kafka_security.client_kwargs for a TLS/SASL broker."""
     consumer = KafkaConsumer(bootstrap_servers=[bootstrap], enable_auto_commit=False,
-                             auto_offset_reset="earliest", consumer_timeout_ms=500)
+                             auto_offset_reset="earliest", consumer_timeout_ms=500, **(security or {}))
     try:
         parts = consumer.partitions_for_topic(topic) or set()
         deadline = time.monotonic() + 10

@@ -116,6 +116,41 @@ chart-managed password).
 {{- end }}
 {{- end -}}
 
+{{/*
+Kafka client security (postwarden/kafka_security.py) of a container with a
+Kafka client. Not in the settings ConfigMap: web has no Kafka client and
+neither the CA file nor the SASL password.
+*/}}
+{{- define "postwarden.kafkaEnv" -}}
+{{- $k := .Values.kafka -}}
+- name: POSTWARDEN_KAFKA_SECURITY_PROTOCOL
+  value: {{ printf "%s%s" (ternary "SASL_" "" $k.sasl.enabled) (ternary "SSL" "PLAINTEXT" $k.tls.enabled) | quote }}
+{{- if $k.tls.enabled }}
+- name: POSTWARDEN_KAFKA_SSL_CHECK_HOSTNAME
+  value: {{ $k.tls.checkHostname | toString | quote }}
+{{- if $k.tls.caSecret }}
+- name: POSTWARDEN_KAFKA_SSL_CA_FILE
+  value: /etc/postwarden/kafka-tls/ca.crt
+{{- end }}
+{{- end }}
+{{- if $k.sasl.enabled }}
+- name: POSTWARDEN_KAFKA_SASL_MECHANISM
+  value: {{ $k.sasl.mechanism | quote }}
+- name: POSTWARDEN_KAFKA_SASL_USERNAME
+  value: {{ $k.sasl.username | quote }}
+- name: POSTWARDEN_KAFKA_SASL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $k.sasl.passwordSecret.name }}
+      key: {{ $k.sasl.passwordSecret.key }}
+{{- end }}
+{{- end -}}
+
+{{/* "true" when Kafka clients need the CA bundle mounted (kafka.tls with a caSecret). */}}
+{{- define "postwarden.kafkaCaMounted" -}}
+{{- if and .Values.kafka.tls.enabled .Values.kafka.tls.caSecret }}true{{ end -}}
+{{- end -}}
+
 {{/* Env every Postwarden container gets besides the settings ConfigMap. */}}
 {{- define "postwarden.podEnv" -}}
 - name: POSTWARDEN_NODE_NAME
@@ -130,7 +165,8 @@ chart-managed password).
 
 {{/*
 Volumes of a Postwarden pod. Args: root, data (true: emptyDir for DATA_DIR),
-keys (true: the keys file), smtpTls (true: the STARTTLS certificate).
+keys (true: the keys file), smtpTls (true: the STARTTLS certificate),
+kafkaTls (true: the Kafka CA bundle).
 */}}
 {{- define "postwarden.volumes" -}}
 - name: tmp
@@ -162,9 +198,18 @@ keys (true: the keys file), smtpTls (true: the STARTTLS certificate).
       - key: tls.key
         path: tls.key
 {{- end }}
+{{- if .kafkaTls }}
+- name: kafka-tls
+  secret:
+    secretName: {{ .root.Values.kafka.tls.caSecret }}
+    defaultMode: 0444
+    items:
+      - key: {{ .root.Values.kafka.tls.caKey }}
+        path: ca.crt
+{{- end }}
 {{- end -}}
 
-{{/* Mounts matching postwarden.volumes; args: keys, smtpTls. */}}
+{{/* Mounts matching postwarden.volumes; args: keys, smtpTls, kafkaTls. */}}
 {{- define "postwarden.volumeMounts" -}}
 - name: tmp
   mountPath: /tmp
@@ -183,6 +228,11 @@ keys (true: the keys file), smtpTls (true: the STARTTLS certificate).
 {{- if .smtpTls }}
 - name: smtp-tls
   mountPath: /etc/postwarden/smtp-tls
+  readOnly: true
+{{- end }}
+{{- if .kafkaTls }}
+- name: kafka-tls
+  mountPath: /etc/postwarden/kafka-tls
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -249,10 +299,12 @@ readinessProbe:
 A stateless Postwarden Deployment. Args: root, component, values, args,
 ports (extra container ports besides health), env (extra env list),
 secrets (dict for postwarden.secretEnv), mounts (dict of keys/smtpTls
-booleans), lifecycle (optional container lifecycle).
+booleans), lifecycle (optional container lifecycle), kafka (true: the
+container has a Kafka client and gets its security settings).
 */}}
 {{- define "postwarden.deployment" -}}
 {{- $root := .root -}}
+{{- $mounts := merge (dict "kafkaTls" (and .kafka (include "postwarden.kafkaCaMounted" $root))) (.mounts | default dict) -}}
 {{- $ctx := dict "root" .root "component" .component -}}
 apiVersion: apps/v1
 kind: Deployment
@@ -315,8 +367,11 @@ spec:
             {{- with include "postwarden.secretEnv" (merge (dict "root" $root) .secrets) | trim }}
             {{- . | nindent 12 }}
             {{- end }}
-            {{- if (.mounts | default dict).keys }}
+            {{- if $mounts.keys }}
             {{- include "postwarden.keysEnv" $root | nindent 12 }}
+            {{- end }}
+            {{- if .kafka }}
+            {{- include "postwarden.kafkaEnv" $root | nindent 12 }}
             {{- end }}
             {{- with .env }}
             {{- toYaml . | nindent 12 }}
@@ -331,9 +386,9 @@ spec:
           securityContext:
             {{- include "postwarden.containerSecurityContext" $root | nindent 12 }}
           volumeMounts:
-            {{- include "postwarden.volumeMounts" (.mounts | default dict) | nindent 12 }}
+            {{- include "postwarden.volumeMounts" $mounts | nindent 12 }}
       volumes:
-        {{- include "postwarden.volumes" (merge (dict "root" $root "data" true) (.mounts | default dict)) | nindent 8 }}
+        {{- include "postwarden.volumes" (merge (dict "root" $root "data" true) $mounts) | nindent 8 }}
 {{- end -}}
 
 {{/* NetworkPolicy egress rules. */}}
