@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 from ingest.limits import ConnectionLimits, MessageRate
 from ingest.publisher import RECORD_OVERHEAD, InboundPublisher
@@ -16,6 +14,7 @@ from postwarden.config import ConfigError, Settings
 from postwarden.health import HealthServer
 from postwarden.kafka_security import client_kwargs
 from postwarden.topics import INBOUND_MAX_RECORD_BYTES
+from postwarden.process_lifecycle import stop_on_signals
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +130,6 @@ def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict) -> None:
 async def run(settings: Settings) -> None:
     node = IngestNode(settings)
     await node.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     await node.stop()

@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenant, Tenants
-from postwarden.health import HealthServer
 from postwarden.kafka_security import client_kwargs
+from postwarden.process_lifecycle import RebalanceRelay, serve
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks import delivery_log
@@ -144,7 +143,7 @@ class DeliverySink:
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
         await self._start(self._producer)
-        self._consumer.subscribe(list(SOURCE_TOPICS), listener=_Rebalance(self))
+        self._consumer.subscribe(list(SOURCE_TOPICS), listener=RebalanceRelay(self))
         await self._start(self._consumer)
         scanner = asyncio.create_task(self._scan_queue_forever())
         try:
@@ -401,30 +400,5 @@ class DeliverySink:
             labelled |= current
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, sink: DeliverySink) -> None:
-        self.sink = sink
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self.sink.revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        await self.sink.assigned(set(assigned))
-
-
 async def run(settings: Settings) -> None:
-    sink = DeliverySink(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    health = None
-    if settings.health_port:
-        health = HealthServer(settings.health_host, settings.health_port, lambda: sink.ready)
-        await health.start()
-    try:
-        await sink.run(stop)
-    finally:
-        if health:
-            await health.stop()
+    await serve(settings, DeliverySink(settings))

@@ -17,18 +17,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
-from postwarden.health import HealthServer
 from postwarden.kafka_security import client_kwargs
+from postwarden.process_lifecycle import RebalanceRelay, serve
 from postwarden.keyring import Keyring
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
@@ -76,7 +75,7 @@ class Notifier:
             max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
             **client_kwargs(self.settings))
         await _start(self._producer, stop)
-        self._consumer.subscribe([QUARANTINE.name], listener=_Rebalance(self))
+        self._consumer.subscribe([QUARANTINE.name], listener=RebalanceRelay(self))
         await _start(self._consumer, stop)
         try:
             next_tick = 0.0
@@ -241,30 +240,5 @@ async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, stop: asyncio.Even
             await asyncio.sleep(2.0)
 
 
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, notifier: Notifier) -> None:
-        self.notifier = notifier
-
-    async def on_partitions_revoked(self, revoked) -> None:
-        await self.notifier.revoked(set(revoked))
-
-    async def on_partitions_assigned(self, assigned) -> None:
-        await self.notifier.assigned(set(assigned))
-
-
 async def run(settings: Settings) -> None:
-    notifier = Notifier(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    health = None
-    if settings.health_port:
-        health = HealthServer(settings.health_host, settings.health_port, lambda: notifier.ready)
-        await health.start()
-    try:
-        await notifier.run(stop)
-    finally:
-        if health:
-            await health.stop()
+    await serve(settings, Notifier(settings))

@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import json
-import signal
 import sys
 import time
 from html import escape
@@ -27,6 +25,7 @@ from aiohttp import web
 from dashboards import DIR
 from dashboards.macros import expand
 from postwarden.config import Settings, load_settings
+from postwarden.process_lifecycle import stop_on_signals
 from sinks import overview_charts
 from sinks.operator_login import Sessions, check_hash_format, hash_password, verify_password
 from sinks.stats_store import DATABASE, StatsStore, StoreError
@@ -232,11 +231,7 @@ def cmd_overview(args: argparse.Namespace) -> int:
 
     async def serve() -> None:
         server = OverviewServer(settings, store)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         await server.start()
         print(f"operator overview on http://{settings.overview_host}:{settings.overview_port}/", flush=True)
         await stop.wait()

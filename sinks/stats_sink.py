@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 
 from aiohttp import web
@@ -26,6 +25,7 @@ from postwarden.health import HealthServer
 from postwarden.kafka_security import client_kwargs
 from postwarden.records import RecordError, StatsWindow
 from postwarden.topics import STATS
+from postwarden.process_lifecycle import stop_on_signals
 from sinks.stats_store import DATABASE, StatsStore, StoreError, WindowRows, open_store
 from streams.stats_windows import StatsWindows
 
@@ -148,11 +148,7 @@ async def run(settings: Settings) -> None:
     store = open_store(settings)
     sink = StatsSink(settings, store)
     windows = StatsWindows(settings)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     servers = []
     if settings.health_port:
         async def stats(request: web.Request) -> web.Response:

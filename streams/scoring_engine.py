@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from pathlib import Path
 
 from postwarden.config import ConfigError, Settings
 from postwarden.records import Envelope, RuleHit

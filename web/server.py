@@ -6,15 +6,14 @@ workers, so any number of replicas can run behind a load balancer.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 from pathlib import Path
 
 from aiohttp import web
 
 from postwarden.config import Settings, Tenants
 from postwarden.health import HealthServer
+from postwarden.process_lifecycle import stop_on_signals
 from web.mailbox_client import MailboxClient
 from web.message_center import MessageCenter
 from web.provider_api import PREFIX as API_PREFIX
@@ -76,10 +75,7 @@ async def run(settings: Settings) -> None:
     if health:
         await health.start()
     log.info("message center listening", extra={"component": "web", "status": "ready"})
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     await stop.wait()
     if health:
         await health.stop()

@@ -10,10 +10,8 @@ import base64
 import io
 import time
 import zipfile
-from collections.abc import Iterator
 from email.message import EmailMessage
 
-import pytest
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
 
