@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import time
 from pathlib import Path
 
 from kafka import KafkaProducer
@@ -33,8 +35,6 @@ def settings_for(bootstrap: str, tmp_path: Path, tenants_file: Path, **extra: st
 def message(recipient: str = "ann@acme.test", mail_from: str = "bob@x.example",
             subject: str = "hello", action: str = "deliver", virus: str | None = None,
             received_at: float | None = None, score: float = 1.0) -> RoutedMessage:
-    import time
-
     raw = (f"From: {mail_from}\r\nTo: {recipient}\r\nSubject: {subject}\r\n"
            "Date: Thu, 15 Jan 2027 08:00:00 +0000\r\n\r\nbody of the message\r\n").encode()
     return RoutedMessage(new_message_id(), "acme", recipient, mail_from, action,
@@ -85,3 +85,19 @@ async def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:
             return True
         await asyncio.sleep(interval)
     return bool(predicate())
+
+
+def logged(proc, msg: str) -> list[dict]:
+    """The JSON log lines of a process (tests.conftest.Process) with this message."""
+    out = []
+    for line in proc.log().splitlines():
+        if line.startswith("{") and json.loads(line).get("msg") == msg:
+            out.append(json.loads(line))
+    return out
+
+
+def wait(predicate, timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not predicate():
+        time.sleep(interval)
+    return predicate()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import pytest
 
 from postwarden.local_services import free_port
 from tests.conftest import REPO, service_env, wait_http_ok
-from tests.delivery_helpers import message, produce
+from tests.delivery_helpers import logged, message, produce, wait
 from tests.smtp_servers import start_server, tenants_yaml
 
 pytestmark = pytest.mark.slow
@@ -31,21 +30,6 @@ def env_for(broker, tmp_path, port: int, health: int, **extra: str) -> dict[str,
     return service_env(tmp_path, broker.bootstrap, POSTWARDEN_TENANTS_FILE=str(tenants),
                        POSTWARDEN_HEALTH_PORT=str(health), POSTWARDEN_DELIVERY_TIMEOUT="2",
                        POSTWARDEN_DELIVERY_RETRY_DELAYS="1,1,1,1", **extra)
-
-
-def logged(proc, msg: str) -> list[dict]:
-    out = []
-    for line in proc.log().splitlines():
-        if line.startswith("{") and json.loads(line).get("msg") == msg:
-            out.append(json.loads(line))
-    return out
-
-
-def wait(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not predicate():
-        time.sleep(0.1)
-    return predicate()
 
 
 def test_no_duplicate_after_sigkill_between_send_and_commit(broker, tmp_path, spawn, server):
