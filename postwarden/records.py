@@ -166,6 +166,9 @@ class StatsEvent(_Record):
     latency_ms: float
     # Signature family only ("Eicar", "Emotet"), never the full signature name.
     virus_family: str | None = None
+    # Opaque, one-way id of the decision (message x recipient x action) so that a
+    # replayed decision is counted once; used inside the stream, never stored.
+    event_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

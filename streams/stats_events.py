@@ -7,6 +7,7 @@ family, a short word that cannot carry personal data.
 
 from __future__ import annotations
 
+import hashlib
 import re
 
 from postwarden.records import StatsEvent, Verdict, verdict_label
@@ -31,6 +32,11 @@ def virus_family(signature: str | None) -> str | None:
     return name if _FAMILY.match(name) else "other"
 
 
+def event_id(message_id: str, recipient: str, action: str) -> str:
+    """The same for every replay of one decision; reveals neither input."""
+    return hashlib.blake2b(f"{message_id}\0{recipient}\0{action}".encode(), digest_size=12).hexdigest()
+
+
 def anonymous_event(verdict: Verdict, action: str, now: float) -> StatsEvent:
     return StatsEvent(
         tenant=verdict.tenant, event_time=now, verdict=verdict_label(verdict.virus, verdict.categories),
@@ -38,6 +44,7 @@ def anonymous_event(verdict: Verdict, action: str, now: float) -> StatsEvent:
         action=action, size_bytes=verdict.size, spam_score=verdict.spam_score,
         latency_ms=max(0.0, (now - verdict.received_at) * 1000.0),
         virus_family=virus_family(verdict.virus),
+        event_id=event_id(verdict.message_id, verdict.recipient, action),
     )
 
 

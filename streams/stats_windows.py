@@ -137,6 +137,11 @@ class Window:
         )
 
 
+# How long a decision's id is remembered: longer than a worker needs to crash,
+# lose its group membership and have its partitions replayed elsewhere.
+DEDUPE_SECONDS = 600.0
+
+
 class PartitionWindows:
     """Open windows of one mail.events partition; pure state, no I/O."""
 
@@ -147,9 +152,17 @@ class PartitionWindows:
         self.floor: int | None = None
         self.watermark = float("-inf")
         self.committable: int | None = None
+        # event_id -> event time of decisions counted lately. A worker that crashed
+        # replays its last decisions with a new routing time, i.e. into a later window,
+        # so window keys alone cannot collapse them; ids are kept for DEDUPE_SECONDS.
+        self.seen: dict[str, float] = {}
 
     def add(self, offset: int, timestamp_ms: int, event: StatsEvent) -> bool:
         """False if the event is late (its window was closed already)."""
+        if event.event_id is not None:
+            if event.event_id in self.seen:
+                return True
+            self.seen[event.event_id] = event.event_time
         start = int(event.event_time // self.size * self.size)
         if self.floor is None:
             self.floor = start
@@ -178,6 +191,9 @@ class PartitionWindows:
                 del self.open[key]
         self.floor = max(self.floor, int(bound // self.size * self.size))
         self._update_commit()
+        horizon = self.watermark - DEDUPE_SECONDS
+        if self.seen and min(self.seen.values()) < horizon:
+            self.seen = {i: t for i, t in self.seen.items() if t >= horizon}
         return out
 
     def _update_commit(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -90,6 +91,26 @@ def test_event_time_closes_windows_and_late_events_are_dropped():
     (w,) = pw.close_due()
     assert w.window_start == M0
     assert not pw.add(3, 1, ev(t=M0 + 30))  # its window was emitted already
+
+
+def test_a_replayed_decision_counts_once_even_in_a_later_window():
+    """A worker killed after routing replays its decisions with a new routing time."""
+    from streams.stats_events import event_id
+    from streams.stats_windows import DEDUPE_SECONDS
+
+    pw = PartitionWindows(0, 60, grace=1, k=1)
+    first = dataclasses.replace(ev(t=M0 + 10), event_id=event_id("m1", "ann@example.com", "deliver"))
+    assert pw.add(0, 1, first)
+    assert pw.add(1, 1, dataclasses.replace(first, event_time=M0 + 70))  # the replay
+    assert pw.add(2, 1, dataclasses.replace(first, event_id=event_id("m1", "bo@example.com", "deliver"),
+                                            event_time=M0 + 71))
+    assert pw.add(3, 1, ev(t=M0 + 200))
+    windows = {w.window_start: sum(cells(w).values()) for w in pw.close_due()}
+    assert windows == {M0: 1, M0 + 60: 1}  # the replay at M0+70 was not counted again
+    # Ids are forgotten once they are older than the horizon, so memory stays bounded.
+    assert pw.add(4, 1, ev(t=M0 + 200 + DEDUPE_SECONDS + 60))
+    pw.close_due()
+    assert pw.seen == {}
 
 
 RESUMED: list[int] = []
