@@ -42,6 +42,7 @@ def setup_logging(level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # aiosmtpd logs peers and commands (addresses) at INFO; keep only its warnings.
-    for noisy in ("mail.log", "aiokafka", "kafka"):
+    # clickhouse_driver names its server's address in connection warnings.
+    for noisy in ("mail.log", "aiokafka", "kafka", "clickhouse_driver"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
     logging.Formatter.converter = time.gmtime
