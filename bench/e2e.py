@@ -40,7 +40,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aiokafka import AIOKafkaConsumer  # noqa: E402
+from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 
 from postwarden.local_services import ClickHouseServer, Tansu, free_port, stop_pid  # noqa: E402
 from postwarden.records import RoutedMessage  # noqa: E402
@@ -67,7 +67,8 @@ def load_messages(limit: int) -> list[bytes]:
             for i in range(2000)
         ]
         source = "generated (corpus not found: run scripts/get-corpus.sh)"
-    raws = [r.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for r in raws]
+    # SMTP wants CRLF and the ingest node refuses bare CR or LF (smuggling defence).
+    raws = [r.replace(b"\r\n", b"\n").replace(b"\r", b"").replace(b"\n", b"\r\n") for r in raws]
     print(f"messages: {len(raws)} from {source}, median {statistics.median(map(len, raws)) / 1024:.1f} KB",
           flush=True)
     return (raws * (limit // len(raws) + 1))[:limit]
@@ -181,15 +182,29 @@ class SmtpSession:
         self.writer.close()
 
 
-async def collect_routed(bootstrap: str, expected: int, timeout: float,
-                         latencies: list[float], times: list[float]) -> None:
-    consumer = AIOKafkaConsumer("mail.deliver", "mail.quarantine", bootstrap_servers=bootstrap,
-                                auto_offset_reset="latest", enable_auto_commit=False,
-                                group_id=f"bench-{time.time_ns()}")
+async def routed_reader(bootstrap: str) -> AIOKafkaConsumer:
+    """A group-less consumer positioned at the current end of both output topics, so
+    it sees exactly what is routed from now on (a group join could miss the start)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
     await consumer.start()
+    parts = [TopicPartition(t, p) for t in ("mail.deliver", "mail.quarantine")
+             for p in (consumer.partitions_for_topic(t) or set())]
+    if not parts:
+        await consumer.stop()
+        raise SystemExit("the output topics have no partitions")
+    consumer.assign(parts)
+    await consumer.seek_to_end(*parts)
+    for tp in parts:
+        await consumer.position(tp)
+    return consumer
+
+
+async def collect_routed(consumer: AIOKafkaConsumer, expected: dict[str, int], timeout: float,
+                         latencies: list[float], times: list[float]) -> None:
+    """Reads routed records until expected["n"] arrived; senders lower it for refused mail."""
     try:
         deadline = time.monotonic() + timeout
-        while len(latencies) < expected and time.monotonic() < deadline:
+        while len(latencies) < expected["n"] and time.monotonic() < deadline:
             batch = await consumer.getmany(timeout_ms=500, max_records=5000)
             for records in batch.values():
                 for r in records:
@@ -200,16 +215,12 @@ async def collect_routed(bootstrap: str, expected: int, timeout: float,
         await consumer.stop()
 
 
-async def wait_consumer_ready() -> None:
-    # A fresh consumer group on "latest" must have its assignment before the first send.
-    await asyncio.sleep(4.0)
-
-
 async def throughput(port: int, bootstrap: str, msgs: list[bytes], concurrency: int) -> dict:
     latencies: list[float] = []
     times: list[float] = []
-    collector = asyncio.create_task(collect_routed(bootstrap, len(msgs), 600, latencies, times))
-    await wait_consumer_ready()
+    expected = {"n": len(msgs)}
+    collector = asyncio.create_task(collect_routed(await routed_reader(bootstrap), expected, 600,
+                                                   latencies, times))
     queue = list(reversed(msgs))
     accepted = 0
     start = time.time()
@@ -225,6 +236,7 @@ async def throughput(port: int, bootstrap: str, msgs: list[bytes], concurrency: 
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     accept_done = time.time()
+    expected["n"] = accepted
     await collector
     end = max(times) if times else time.time()
     return {"accepted": accepted, "routed": len(latencies), "accept_rate": accepted / (accept_done - start),
@@ -236,8 +248,9 @@ async def offered_load(port: int, bootstrap: str, msgs: list[bytes], rate: float
     total = int(rate * duration)
     latencies: list[float] = []
     times: list[float] = []
-    collector = asyncio.create_task(collect_routed(bootstrap, total, duration + 120, latencies, times))
-    await wait_consumer_ready()
+    expected = {"n": total}
+    collector = asyncio.create_task(collect_routed(await routed_reader(bootstrap), expected,
+                                                   duration + 120, latencies, times))
     pool = [SmtpSession(port) for _ in range(sessions)]
     await asyncio.gather(*(s.open() for s in pool))
     free: asyncio.Queue[SmtpSession] = asyncio.Queue()
@@ -250,7 +263,8 @@ async def offered_load(port: int, bootstrap: str, msgs: list[bytes], rate: float
     async def one(raw: bytes) -> None:
         s = await free.get()
         try:
-            await s.send(raw)
+            if not await s.send(raw):
+                expected["n"] -= 1
         finally:
             free.put_nowait(s)
 
@@ -329,6 +343,10 @@ def main() -> None:
                   f"p95 {pct(ls, .95) * 1000:.0f} ms, p99 {pct(ls, .99) * 1000:.0f} ms "
                   f"(sends late by >50 ms: {lat['late_sends']})")
             print("peak memory: " + ", ".join(f"{p.name} {p.rss_mb():.0f} MB" for p in pipe.procs))
+            for p in pipe.procs:
+                if p.popen.poll() is not None:
+                    log = (pipe.tmp / f"{p.name}.log").read_text(errors="replace")[-2000:]
+                    print(f"{p.name} exited with {p.popen.returncode} during the run:\n{log}")
         finally:
             pipe.stop()
 
