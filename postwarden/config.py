@@ -466,6 +466,11 @@ class Settings(BaseSettings):
     # On SIGTERM: how long sessions in a transaction may take to finish.
     smtp_drain_seconds: float = Field(default=30.0, ge=0, le=3600)
 
+    # --- throughput and latency (issue 9) ---
+    # Longest time a consumer's fetch waits for data. Brokers that do not answer a waiting
+    # fetch when data arrives (Tansu) add up to this much latency per stage.
+    consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=10_000)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, v: str) -> str:
