@@ -409,7 +409,8 @@ async def offered_load(pipe: Pipeline, msgs: list[bytes], rate: float, duration:
         nonlocal accepted
         s = await free.get()
         try:
-            accepted += await s.send(raw)
+            ok = await s.send(raw)  # not `accepted += await ...`: that loses concurrent updates
+            accepted += ok
         except ConnectionError as exc:
             SmtpSession.refusals[str(exc).encode()] = SmtpSession.refusals.get(str(exc).encode(), 0) + 1
             s = SmtpSession(pipe.smtp_port, pipe.args.recipients)
