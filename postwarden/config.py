@@ -482,6 +482,11 @@ class Settings(BaseSettings):
     kafka_sasl_username: str = Field(default="", validate_default=True)
     kafka_sasl_password: str = Field(default="", repr=False, validate_default=True)
 
+    # --- throughput and latency (issue 9) ---
+    # Longest time a consumer's fetch waits for data. Brokers that do not answer a waiting
+    # fetch when data arrives (Tansu) add up to this much latency per stage.
+    consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=10_000)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, v: str) -> str:

@@ -135,7 +135,7 @@ class DeliverySink:
             **client_kwargs(self.settings),
             client_id="postwarden-delivery", enable_auto_commit=False,
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
-            max_poll_interval_ms=600_000,
+            max_poll_interval_ms=600_000, fetch_max_wait_ms=self.settings.consumer_fetch_wait_ms,
             fetch_max_bytes=max(52_428_800, self.settings.max_message_size * 2),
             max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
             # Range assignment gives partition p of every delivery topic to the same

@@ -71,7 +71,7 @@ class Notifier:
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=self.group_id, client_id="postwarden-notifier",
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
-            heartbeat_interval_ms=1000,
+            heartbeat_interval_ms=1000, fetch_max_wait_ms=self.settings.consumer_fetch_wait_ms,
             max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
             **client_kwargs(self.settings))
         await _start(self._producer, stop)

@@ -8,6 +8,7 @@ building it.
 from __future__ import annotations
 
 import faust
+from faust.transport.drivers import aiokafka as kafka_driver
 
 from postwarden.config import load_settings
 from postwarden.kafka_security import faust_credentials
@@ -49,6 +50,30 @@ app = faust.App(
                     "faust": {"level": "INFO" if settings.log_level == "DEBUG" else settings.log_level}},
     },
 )
+
+
+class _ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
+    """Faust's consumer with POSTWARDEN_CONSUMER_FETCH_WAIT_MS instead of its fixed 1500 ms."""
+
+    def _create_worker_consumer(self, transport):
+        consumer = super()._create_worker_consumer(transport)
+        if not hasattr(consumer, "_fetch_max_wait_ms"):
+            raise RuntimeError("aiokafka changed: AIOKafkaConsumer._fetch_max_wait_ms is gone")
+        # Read by consumer.start() when it builds the fetcher.
+        consumer._fetch_max_wait_ms = settings.consumer_fetch_wait_ms
+        return consumer
+
+
+class _Consumer(kafka_driver.Consumer):
+    def _new_consumer_thread(self) -> _ConsumerThread:
+        return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _Transport(kafka_driver.Transport):
+    Consumer = _Consumer
+
+
+app.transport = _Transport(app.conf.broker_consumer, app)
 
 
 def topic(spec: TopicSpec) -> faust.TopicT:

@@ -1,0 +1,35 @@
+"""The worker's Kafka consumer waits at most POSTWARDEN_CONSUMER_FETCH_WAIT_MS per fetch.
+
+Faust hard-codes 1500 ms; on a broker that does not answer a waiting fetch when
+data arrives (Tansu) that is added to every agent hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from yarl import URL
+
+from postwarden.config import ConfigError, Settings, load_settings
+from streams import app as app_module
+
+
+def test_fetch_wait_reaches_the_fetcher_of_the_worker_consumer(broker, monkeypatch):
+    monkeypatch.setattr(app_module, "settings", Settings(consumer_fetch_wait_ms=37))
+
+    async def main() -> int:
+        transport = app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app)
+        consumer = app_module.app.consumer._thread._create_worker_consumer(transport)
+        await consumer.start()
+        try:
+            return consumer._fetcher._fetch_max_wait_ms
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == 37
+
+
+def test_fetch_wait_out_of_range_is_refused():
+    with pytest.raises(ConfigError, match="POSTWARDEN_CONSUMER_FETCH_WAIT_MS"):
+        load_settings({"POSTWARDEN_CONSUMER_FETCH_WAIT_MS": "0"})
