@@ -36,6 +36,7 @@ from sinks import delivery_log
 from sinks.delivery_log import DeliveryOutcome, log_key
 from sinks.dsn import build_dsn, dsn_message_id
 from sinks.generated_mail import routed as generated
+from sinks.kafka_output import send_until_acked
 from sinks.outbound_queue import QueueIndex, scan_queue
 from sinks.retry_schedule import DeliveryRetry, RetrySchedule
 from sinks.smtp_relay import Outcome, SmtpRelay
@@ -326,17 +327,8 @@ class DeliverySink:
         self._done.setdefault(partition, set()).add(key)
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
-        """acks=all, retried until it succeeds: the offset must not move past unwritten output."""
         assert self._producer is not None
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, value=value, key=key, partition=partition)
-                return
-            except KafkaError as exc:
-                log.warning("write failed, retrying", extra={"topic": topic, "reason": str(exc)[:300]})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await send_until_acked(self._producer, topic, key, value, partition)
 
     # --- offsets and rebalances -------------------------------------------
 

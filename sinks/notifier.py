@@ -27,12 +27,20 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
 from postwarden.kafka_security import client_kwargs
-from postwarden.process_lifecycle import RebalanceRelay, serve
 from postwarden.keyring import Keyring
+from postwarden.process_lifecycle import RebalanceRelay, serve
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
-from sinks.digest import DigestState, build_digest, digest_message_id, due_entries, entry, slot_of
+from sinks.digest import (
+    DigestState,
+    build_digest,
+    digest_message_id,
+    due_entries,
+    entry,
+    slot_of,
+)
 from sinks.generated_mail import routed as generated
+from sinks.kafka_output import send_until_acked
 from sinks.virus_alert import alert_message_id, build_alert
 
 log = logging.getLogger(__name__)
@@ -168,15 +176,7 @@ class Notifier:
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
         assert self._producer is not None
-        delay = 0.5
-        while True:
-            try:
-                await self._producer.send_and_wait(topic, value=value, key=key, partition=partition)
-                return
-            except KafkaError as exc:
-                log.warning("write failed, retrying", extra={"topic": topic, "reason": str(exc)[:300]})
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
+        await send_until_acked(self._producer, topic, key, value, partition)
 
     async def _commit(self, batch: dict) -> None:
         assert self._consumer is not None
