@@ -22,7 +22,7 @@ server that accepts everything, each as its own process, then:
    memory (VmHWM).
 
 Each figure is printed with the load average of the machine beside it.
---py-spy DIR records a py-spy profile (collapsed stacks) of every Python
+--py-spy DIR (needs the "bench" extra) records a py-spy profile (collapsed stacks) of every Python
 process during phase 1. --soak SECONDS runs phase 2 for that long instead and
 prints memory growth per process every minute. Messages come from the
 SpamAssassin corpus (only those listed in train.tsv; scripts/get-corpus.sh
