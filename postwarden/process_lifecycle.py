@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 from typing import Protocol
 
 from aiokafka import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
 
 from postwarden.config import Settings
 from postwarden.health import HealthServer
+
+log = logging.getLogger(__name__)
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -61,3 +65,18 @@ class RebalanceRelay(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned) -> None:
         await self.owner.assigned(set(assigned))
+
+
+async def start_when_reachable(client, stop: asyncio.Event) -> None:
+    """Starts an aiokafka client, retrying while the broker is down, until ``stop``.
+
+    A sink that starts before its broker must wait for it, not exit: the
+    supervisor (or Kubernetes) would only restart it into the same state.
+    """
+    while not stop.is_set():
+        try:
+            await client.start()
+            return
+        except KafkaError as exc:
+            log.warning("broker not available, retrying", extra={"reason": str(exc)[:300]})
+            await asyncio.sleep(2.0)

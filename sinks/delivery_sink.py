@@ -29,7 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenant, Tenants
 from postwarden.kafka_security import client_kwargs
-from postwarden.process_lifecycle import RebalanceRelay, serve
+from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks import delivery_log
@@ -143,9 +143,9 @@ class DeliverySink:
             # member: the delivered-log partition it loads covers all its records.
             partition_assignment_strategy=(RangePartitionAssignor,),
         )
-        await self._start(self._producer)
+        await start_when_reachable(self._producer, self._stop)
         self._consumer.subscribe(list(SOURCE_TOPICS), listener=RebalanceRelay(self))
-        await self._start(self._consumer)
+        await start_when_reachable(self._consumer, self._stop)
         scanner = asyncio.create_task(self._scan_queue_forever())
         try:
             next_commit = time.monotonic() + self.settings.delivery_commit_seconds
@@ -170,16 +170,6 @@ class DeliverySink:
                 await asyncio.wait_for(self._consumer.stop(), 15)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._producer.stop(), 15)
-
-    async def _start(self, client: AIOKafkaConsumer | AIOKafkaProducer) -> None:
-        assert self._stop is not None
-        while not self._stop.is_set():
-            try:
-                await client.start()
-                return
-            except KafkaError as exc:
-                log.warning("broker not available, retrying", extra={"reason": str(exc)[:300]})
-                await asyncio.sleep(2.0)
 
     async def _take(self, tp: TopicPartition, record) -> bool:
         """Start work on one record; False when the partition was paused at it."""

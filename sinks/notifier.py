@@ -28,7 +28,7 @@ from prometheus_client import Counter, Gauge
 from postwarden.config import Settings, Tenants
 from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
-from postwarden.process_lifecycle import RebalanceRelay, serve
+from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
 from sinks.digest import (
@@ -82,9 +82,9 @@ class Notifier:
             heartbeat_interval_ms=1000, fetch_max_wait_ms=self.settings.consumer_fetch_wait_ms,
             max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
             **client_kwargs(self.settings))
-        await _start(self._producer, stop)
+        await start_when_reachable(self._producer, stop)
         self._consumer.subscribe([QUARANTINE.name], listener=RebalanceRelay(self))
-        await _start(self._consumer, stop)
+        await start_when_reachable(self._consumer, stop)
         try:
             next_tick = 0.0
             while not stop.is_set():
@@ -228,16 +228,6 @@ async def load_states(bootstrap: list[str], partitions: list[int],
     finally:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(consumer.stop(), 10)
-
-
-async def _start(client: AIOKafkaConsumer | AIOKafkaProducer, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await client.start()
-            return
-        except KafkaError as exc:
-            log.warning("broker not available, retrying", extra={"reason": str(exc)[:300]})
-            await asyncio.sleep(2.0)
 
 
 async def run(settings: Settings) -> None:

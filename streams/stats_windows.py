@@ -33,12 +33,18 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings
 from postwarden.kafka_security import client_kwargs
+from postwarden.process_lifecycle import start_when_reachable
 from postwarden.records import RecordError, StatsEvent, StatsWindow
 from postwarden.topics import EVENTS, STATS
 from streams.stats_events import RELEASE
@@ -247,8 +253,8 @@ class StatsWindows:
         producer = AIOKafkaProducer(bootstrap_servers=self.settings.bootstrap_list, acks="all",
                                     client_id="postwarden-stats-windows",
                                     **client_kwargs(self.settings))
-        await _start(consumer, stop)
-        await _start(producer, stop)
+        await start_when_reachable(consumer, stop)
+        await start_when_reachable(producer, stop)
         try:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=500, max_records=5000)
@@ -315,13 +321,3 @@ class StatsWindows:
                 lag += max(0, high - await consumer.position(tp))
         LAG.set(lag)
         OPEN.set(sum(len(pw.open) for pw in self.partitions.values()))
-
-
-async def _start(client, stop: asyncio.Event) -> None:
-    while not stop.is_set():
-        try:
-            await client.start()
-            return
-        except KafkaError as exc:
-            log.warning("broker not available, retrying", extra={"reason": str(exc)[:300]})
-            await asyncio.sleep(2.0)
