@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from kafka.errors import KafkaError
 
+from postwarden import up_marker
 from postwarden.config import Settings
 from postwarden.kafka_security import client_kwargs
 from postwarden.local_services import SeaweedFS, ServiceError, Tansu, stop_pid, wait_port_free
@@ -109,6 +110,8 @@ class Supervisor:
             print(f"postwarden up: cannot start the broker: {exc}", file=sys.stderr)
             self._shutdown()
             return 1
+        if self.broker is not None:
+            up_marker.publish(self.settings.data_dir, bootstrap)
         wait_port_free(self.settings.smtp_host, self.settings.smtp_port, timeout=5)
         for name in CHILDREN:
             child = Child(name, [sys.executable, "-m", "postwarden.cli", *_ARGS[name]],
@@ -170,6 +173,7 @@ class Supervisor:
         self._stop.set()
 
     def _shutdown(self) -> None:
+        up_marker.withdraw(self.settings.data_dir)
         for child in reversed(self.children):
             if child.proc is not None:
                 stop_pid(child.proc, timeout=15)

@@ -29,6 +29,13 @@ def _needs_broker() -> int | None:
     return None
 
 
+def _bootstrap_of_running_up(settings) -> list[str]:
+    from postwarden.up_marker import running_bootstrap
+
+    found = running_bootstrap(settings.data_dir)
+    return found.split(",") if found else []
+
+
 def cmd_sink_delivery(args: argparse.Namespace) -> int:
     from postwarden.commands import _run_async
     from sinks.delivery_sink import run
@@ -48,13 +55,16 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from sinks.delivery_sink import DeliverySink, destination
     from sinks.outbound_queue import scan_queue
 
-    if (code := _needs_broker()) is not None:
-        return code
     settings = load_settings()
+    bootstrap = settings.bootstrap_list or _bootstrap_of_running_up(settings)
+    if not bootstrap:
+        print("postwarden: POSTWARDEN_BOOTSTRAP_SERVERS is not set and no `postwarden up` "
+              f"is running on {settings.data_dir}", file=sys.stderr)
+        return 2
     tenants = settings.tenants()
     group = DeliverySink.group_name(settings)
     try:
-        index = scan_queue(settings.bootstrap_list, group,
+        index = scan_queue(bootstrap, group,
                            destination_of=lambda t: destination(tenants.get(t)),
                            security=client_kwargs(settings))
     except Exception as exc:  # kafka-python raises a wide family; say what failed

@@ -101,6 +101,9 @@ def test_up_runs_restarts_crashed_children_stops_cleanly_and_keeps_data(tmp_path
         assert sent.returncode == 0, sent.stderr
         assert "accepted for 1 recipient" in sent.stdout
         wait_for(lambda: "example\tclean\tdeliver\t1" in up.cli("stats").stdout, 30, "count in stats")
+        # Operator commands in another shell find the broker `up` started.
+        queue = up.cli("queue")
+        assert queue.returncode == 0 and "nothing is waiting for delivery" in queue.stdout, queue.stderr
 
         # A crashed child is restarted and serves again.
         old = up.pids()["ingest"]
@@ -114,6 +117,8 @@ def test_up_runs_restarts_crashed_children_stops_cleanly_and_keeps_data(tmp_path
         assert up.stop() == 0
         assert not any(alive(p) for p in pids.values()), pids
         assert port_is_free("127.0.0.1", ports["smtp"])
+        refused = up.cli("queue")
+        assert refused.returncode == 2 and "no `postwarden up` is running" in refused.stderr
         assert new != old
 
         # Restart on the same data directory: topics and counts are still there.
