@@ -18,12 +18,19 @@ ROUTED_HEADER = "X-Postwarden-Routed"
 PREFIX = "/mailbox"
 
 
-def token(keyring: Keyring) -> str:
-    return keyring.derive("internal-api", "*")[1].hex()
+def token(keyring: Keyring, key_id: str | None = None) -> str:
+    return keyring.derive("internal-api", "*", key_id)[1].hex()
 
 
 def authorized(keyring: Keyring, presented: str | None) -> bool:
-    return presented is not None and hmac.compare_digest(presented.encode(), token(keyring).encode())
+    """Any key of the ring is accepted: during a rotation the web front and the
+    workers restart one by one, and a worker already holding the new keys file
+    must still serve a front that signs with the previous current key."""
+    if presented is None:
+        return False
+    matches = [hmac.compare_digest(presented.encode(), token(keyring, k).encode())
+               for k in keyring.key_ids]
+    return any(matches)
 
 
 def path(address: str, *parts: str) -> str:

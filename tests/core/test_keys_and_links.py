@@ -3,6 +3,7 @@ import json
 import pytest
 
 from postwarden.config import ConfigError, load_settings
+from postwarden import internal_api
 from postwarden.keyring import Keyring, rotate
 from postwarden.signed_links import LinkError, sign, verify
 
@@ -30,6 +31,21 @@ def test_rotation_keeps_old_keys_readable(tmp_path):
     assert ring.current_id == new_id != kid
     assert ring.derive("quarantine", "t", kid) == (kid, key)
     assert ring.derive("quarantine", "t")[1] != key
+
+
+def test_internal_token_of_the_previous_key_is_accepted_after_rotation(tmp_path):
+    path = tmp_path / "k.json"
+    before = Keyring.load_or_create(path)
+    old_token = internal_api.token(before)
+    rotate(path)
+    after = Keyring.load(path)
+    # A worker restarted with the new keys file still serves a front signing with the old key.
+    assert internal_api.authorized(after, old_token)
+    assert internal_api.authorized(after, internal_api.token(after))
+    assert not internal_api.authorized(before, internal_api.token(after))
+    assert not internal_api.authorized(after, None)
+    altered = old_token[:-1] + ("0" if old_token[-1] != "0" else "1")
+    assert not internal_api.authorized(after, altered)
 
 
 @pytest.mark.parametrize("content, words", [
