@@ -13,6 +13,7 @@ from prometheus_client import Counter
 
 from ingest.limits import MessageRate
 from ingest.publisher import InboundPublisher, PublishError
+from ingest.uncertain_attempts import UncertainAttempts, fingerprint
 from postwarden.config import Tenants
 from postwarden.records import Envelope, new_message_id
 
@@ -80,6 +81,7 @@ class IngestHandler:
         self.rate = rate or MessageRate(0)
         self.auth_enabled = auth_enabled
         self.draining = False
+        self.uncertain = UncertainAttempts()
 
     @staticmethod
     def reason_for(status: str) -> str | None:
@@ -148,7 +150,12 @@ class IngestHandler:
         content = _as_bytes(envelope.original_content)
         if not _only_crlf(content):
             return Status.BARE_NEWLINE
-        message_id = new_message_id()
+        def attempt_key() -> bytes:
+            return fingerprint(tenant_id, envelope.mail_from or "", envelope.rcpt_tos, content)
+
+        # A retry of a transaction whose 451 may have been a lie keeps that attempt's id.
+        attempt = attempt_key() if self.uncertain else None
+        message_id = (attempt and self.uncertain.message_id(attempt)) or new_message_id()
         received_at = time.time()
         tls = session.ssl is not None
         raw = self._received_header(server, session, message_id, received_at, tls) + content
@@ -167,6 +174,7 @@ class IngestHandler:
         try:
             await self.publisher.publish(meta, raw)
         except PublishError as exc:
+            self.uncertain.remember(attempt or attempt_key(), message_id)
             log.warning("not queued, answered 451", extra={
                 "message_id": message_id, "tenant": tenant_id, "reason": str(exc)[:200]})
             return Status.TEMPFAIL
