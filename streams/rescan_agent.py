@@ -26,18 +26,22 @@ WAITING_FOR_CLAMD = Gauge("postwarden_rescan_waiting_for_clamd",
                           "1 while the rescan agent waits for ClamAV to answer again")
 
 
+async def _no_scanner() -> bool:
+    return False
+
+
 def _rescanner() -> Rescanner:
+    # With POSTWARDEN_CLAMD_ADDRESS unset since the mail was deferred, the operator has
+    # turned scanning off: the first score says "unscanned", as for all mail then.
     scanner = getattr(scorer, "scanner", None)
-    if scanner is None:
-        raise RuntimeError("mail.rescan holds mail but POSTWARDEN_CLAMD_ADDRESS is not set")
-    return Rescanner(scorer.score, scanner.ping, settings.rescan_max_age,
-                     settings.rescan_backoff_max,
+    return Rescanner(scorer.score, scanner.ping if scanner else _no_scanner,
+                     settings.rescan_max_age, settings.rescan_backoff_max,
                      on_wait=lambda waiting: WAITING_FOR_CLAMD.set(1 if waiting else 0))
 
 
 @app.agent(rescans)
 async def rescan(stream):
-    rescanner = None
+    rescanner = _rescanner()
     async for value in stream:
         try:
             retry = ScanRetry.decode(value)
@@ -45,7 +49,6 @@ async def rescan(stream):
         except RecordError as exc:
             log.error("skipping undecodable rescan record", extra={"reason": str(exc)})
             continue
-        rescanner = rescanner or _rescanner()
         done = await rescanner.rescan(retry)
         for verdict in fan_out(envelope, retry.raw, done.result):
             await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())

@@ -5,6 +5,8 @@ import zipfile
 
 import py7zr
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streams import attachment_policy
 from streams.attachment_policy import MAX_ARCHIVE_DEPTH, inspect, sniff
@@ -172,3 +174,30 @@ def test_7z_attachment_is_a_dangerous_attachment_verdict():
     result = ScoringEngine().score_sync(raw)
     assert "dangerous_attachment" in result.categories
     assert result.virus == "Policy.ARCHIVE_ENCRYPTED"
+
+
+ARCHIVE_SEEDS = [
+    seven_zip({"a.txt": b"hello", "b/run.exe": b"MZ\x90", "c.zip": zip_bytes({"d.js": b"x"})}),
+    seven_zip({"secret.doc": b"x" * 300}, password="pw"),
+    seven_zip({"secret.doc": b"x"}, password="pw", header_encryption=True),
+    rar4({"a.txt": b"hello", "inner.7z": seven_zip({"e.vbs": b"x"})}),
+    rar4({"a.doc": b"y" * 64}, encrypted=True),
+]
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.sampled_from(ARCHIVE_SEEDS), st.lists(
+    st.tuples(st.sampled_from(["flip", "cut", "insert"]), st.integers(0, 10_000), st.binary(max_size=8)),
+    min_size=1, max_size=6))
+def test_mutated_7z_and_rar_always_give_a_report(seed, edits):
+    data = bytearray(seed)
+    for op, pos, chunk in edits:
+        pos %= max(len(data), 1)
+        if op == "flip" and data:
+            data[pos] ^= (chunk[:1] or b"\x01")[0] or 1
+        elif op == "cut":
+            del data[pos:pos + 1 + len(chunk) * 8]
+        else:
+            data[pos:pos] = chunk
+    report = report_for(bytes(data), "mutated.bin")
+    assert isinstance(report.dangerous, bool)
