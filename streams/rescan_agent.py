@@ -20,7 +20,7 @@ from streams.score_agent import fan_out, rescans, scorer, verdicts
 log = logging.getLogger(__name__)
 
 RESCANNED = Counter("postwarden_rescanned_messages_total",
-                    "Messages taken off mail.rescan, by outcome (verdict, expired, failing)",
+                    "Messages taken off mail.rescan, by outcome (verdict, expired, failing, requeued)",
                     ["outcome"])
 WAITING_FOR_CLAMD = Gauge("postwarden_rescan_waiting_for_clamd",
                           "1 while the rescan agent waits for ClamAV to answer again")
@@ -36,7 +36,9 @@ def _rescanner() -> Rescanner:
     scanner = getattr(scorer, "scanner", None)
     return Rescanner(scorer.score, scanner.ping if scanner else _no_scanner,
                      settings.rescan_max_age, settings.rescan_backoff_max,
-                     on_wait=lambda waiting: WAITING_FOR_CLAMD.set(1 if waiting else 0))
+                     on_wait=lambda waiting: WAITING_FOR_CLAMD.set(1 if waiting else 0),
+                     # Stopping waits for the current record too.
+                     should_yield=lambda: app.rebalancing or app.should_stop)
 
 
 @app.agent(rescans)
@@ -50,9 +52,14 @@ async def rescan(stream):
             log.error("skipping undecodable rescan record", extra={"reason": str(exc)})
             continue
         done = await rescanner.rescan(retry)
+        RESCANNED.labels(done.outcome).inc()
+        if done.result is None:
+            await rescans.send(key=retry.message_id.encode(), value=value)
+            log.info("rescan requeued for a rebalance", extra={
+                "message_id": retry.message_id, "tenant": retry.tenant})
+            continue
         for verdict in fan_out(envelope, retry.raw, done.result):
             await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
-        RESCANNED.labels(done.outcome).inc()
         log.info("rescanned", extra={"message_id": retry.message_id, "tenant": retry.tenant,
                                      "status": done.outcome,
                                      "elapsed_ms": round(done.waited * 1000)})

@@ -9,6 +9,11 @@ source offset is committed after the verdicts are written, so a worker
 restart replays the head instead of losing it; a replay can only repeat a
 verdict, which the sinks absorb (keyed by message id + recipient).
 
+A rebalance waits for every agent to finish its current record, so a head
+waiting for clamd would stall the whole group for as long as clamd is down:
+when one starts, the waiting head is put back at the tail of its partition
+(same key, same partition) and acknowledged instead.
+
 Mail still unscanned after POSTWARDEN_RESCAN_MAX_AGE is routed with its
 SCAN-UNAVAILABLE verdict and held, as it was before rescans existed. Nothing
 is ever passed unscanned.
@@ -66,25 +71,35 @@ class ScanRetry(_Record):
 
 @dataclass(frozen=True)
 class Rescanned:
-    result: ScoreResult
-    outcome: str  # the verdict label once scanned; "expired" or "failing" when held unscanned
+    # None when requeued: the message goes back on mail.rescan unrouted.
+    result: ScoreResult | None
+    # The verdict label once scanned; "expired" or "failing" when held unscanned;
+    # "requeued" when it stopped waiting for a rebalance.
+    outcome: str
     waited: float
+
+
+# How often a wait for clamd looks whether it should give way to a rebalance.
+YIELD_CHECK = 0.25
 
 
 class Rescanner:
     """Scores one waiting message again once clamd answers; never returns an unscanned pass.
 
-    ``score`` is the engine's score; ``ping`` asks clamd whether it is up.
+    ``score`` is the engine's score; ``ping`` asks clamd whether it is up;
+    ``should_yield`` says a rebalance wants the record back.
     """
 
     def __init__(self, score: Callable[[bytes, Envelope], Awaitable[ScoreResult]],
                  ping: Callable[[], Awaitable[bool]], max_age: float, backoff_max: float,
                  clock: Callable[[], float] = time.time,
-                 on_wait: Callable[[bool], None] | None = None) -> None:
+                 on_wait: Callable[[bool], None] | None = None,
+                 should_yield: Callable[[], bool] | None = None) -> None:
         self.score, self.ping = score, ping
         self.max_age, self.backoff_max = max_age, backoff_max
         self.clock = clock
         self.on_wait = on_wait or (lambda waiting: None)
+        self.should_yield = should_yield or (lambda: False)
 
     async def rescan(self, retry: ScanRetry) -> Rescanned:
         envelope = retry.decoded_envelope()
@@ -108,13 +123,20 @@ class Rescanner:
                     continue
                 self.on_wait(True)
                 backoff = await self._wait_for_clamd(deadline, backoff)
+                if backoff is None:
+                    return Rescanned(None, "requeued", self.clock() - started)
         finally:
             self.on_wait(False)
 
-    async def _wait_for_clamd(self, deadline: float, backoff: float) -> float:
-        """Until clamd answers PING or the deadline passes; returns the next backoff."""
+    async def _wait_for_clamd(self, deadline: float, backoff: float) -> float | None:
+        """Until clamd answers PING or the deadline passes; returns the next backoff,
+        None when a rebalance wants the record back first."""
         while self.clock() < deadline:
-            await asyncio.sleep(min(backoff, max(0.0, deadline - self.clock())))
+            pause_until = self.clock() + min(backoff, max(0.0, deadline - self.clock()))
+            while (left := pause_until - self.clock()) > 0:
+                if self.should_yield():
+                    return None
+                await asyncio.sleep(min(left, YIELD_CHECK))
             backoff = min(backoff * 2, self.backoff_max)
             if await self.ping():
                 break

@@ -84,6 +84,20 @@ async def test_a_message_clamd_keeps_refusing_does_not_block_the_queue(clamd):
     assert done.outcome == "failing" and done.result.virus == SCAN_UNAVAILABLE
 
 
+async def test_a_rebalance_takes_the_waiting_record_back(clamd_later):
+    rebalancing = False
+    scanner = ClamdScanner(ClamdAddress.parse(clamd_later.address), timeout=5, connect_timeout=0.5)
+    rescanner = Rescanner(ScoringEngine(scanner=scanner).score, scanner.ping, 3600, 30,
+                          should_yield=lambda: rebalancing)
+    task = asyncio.ensure_future(rescanner.rescan(
+        ScanRetry.of(envelope(["ann@example.com"]), plain_message(), time.time())))
+    await asyncio.sleep(1.0)
+    assert not task.done()
+    rebalancing = True
+    done = await asyncio.wait_for(task, 2)
+    assert done.outcome == "requeued" and done.result is None
+
+
 def test_undecodable_rescan_record_is_refused():
     from postwarden.records import RecordError
 
@@ -115,6 +129,10 @@ def committed_to_end(bootstrap: str, group: str, topic: str) -> bool:
 def routed(bootstrap: str, topic: str) -> list[RoutedMessage]:
     return [RoutedMessage.decode(r.value)
             for r in read_topic(bootstrap, topic, lambda r: False, timeout=1.5)]
+
+
+# Faust logs this at the end of every rebalance, once the worker has its partitions.
+RECOVERED = "[^---Recovery]: Recovery complete"
 
 
 @pytest.mark.slow
@@ -149,12 +167,16 @@ def test_clamd_outage_and_worker_restart_lose_nothing_and_route_once(
     assert "postwarden_rescan_deferred_total 2.0" in metrics
     assert "postwarden_rescan_waiting_for_clamd 1.0" in metrics
 
-    # The worker dies while it waits; clamd comes back while no worker runs.
+    # A second worker joins while the first waits for clamd: the rebalance must not wait
+    # for clamd. Then the first dies, and clamd comes back.
+    recoveries = len(logged(worker, RECOVERED))
+    again = spawn(["worker"], {**env, "POSTWARDEN_HEALTH_PORT": str(free_port())}, "worker-2")
+    assert wait(lambda: len(logged(worker, RECOVERED)) > recoveries and logged(again, RECOVERED), 40), \
+        worker.log()[-3000:]
+    assert logged(worker, "rescan requeued for a rebalance")
     worker.proc.kill()
     worker.proc.wait(10)
     clamd_later.start()
-    again = spawn(["worker"], env, "worker-2")
-    wait_http_ok(f"http://127.0.0.1:{health}/readyz", 60, again)
 
     def everything_routed() -> bool:
         return len(routed(broker.bootstrap, DELIVER.name)) >= 2 and \
@@ -170,7 +192,7 @@ def test_clamd_outage_and_worker_restart_lose_nothing_and_route_once(
     [virus] = held
     assert virus.dedupe_key == (virus_env.message_id, "ann@example.com")
     assert virus.virus.startswith("Eicar-Test-Signature") and "virus" in virus.categories
-    outcomes = sorted(e["status"] for e in logged(again, "rescanned"))
+    outcomes = sorted(e["status"] for e in logged(again, "rescanned") + logged(worker, "rescanned"))
     assert outcomes == ["clean", "virus"]
     assert wait(lambda: scan_rescan_queue([broker.bootstrap], "postwarden").waiting == 0, 15)
     assert again.stop() == 0, again.log()[-2000:]
