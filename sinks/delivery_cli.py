@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from postwarden.config import load_settings
+from postwarden.config import Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -84,7 +84,7 @@ def cmd_queue(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_rescan_queue(settings, now: float) -> int | None:
+def _print_rescan_queue(settings: Settings, now: float) -> int | None:
     """Mail held back from routing until ClamAV can scan it (streams.scan_retry)."""
     from postwarden.kafka_security import client_kwargs
     from streams.scan_retry import scan_rescan_queue
