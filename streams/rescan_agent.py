@@ -30,21 +30,27 @@ async def _no_scanner() -> bool:
     return False
 
 
-def _rescanner() -> Rescanner:
+def _rescanner(should_yield) -> Rescanner:
     # With POSTWARDEN_CLAMD_ADDRESS unset since the mail was deferred, the operator has
     # turned scanning off: the first score says "unscanned", as for all mail then.
     scanner = getattr(scorer, "scanner", None)
     return Rescanner(scorer.score, scanner.ping if scanner else _no_scanner,
                      settings.rescan_max_age, settings.rescan_backoff_max,
                      on_wait=lambda waiting: WAITING_FOR_CLAMD.set(1 if waiting else 0),
-                     # Stopping waits for the current record too.
-                     should_yield=lambda: app.rebalancing or app.should_stop)
+                     should_yield=should_yield)
 
 
 @app.agent(rescans)
 async def rescan(stream):
-    rescanner = _rescanner()
+    # A rebalance that started after the record was taken wants it back: its count moved
+    # on, or it has suspended the flow of records. (app.rebalancing itself stays set for
+    # a while after the new assignment has started streaming.) Stopping waits for the
+    # current record too.
+    taken_in = app.rebalancing_count
+    rescanner = _rescanner(lambda: (app.rebalancing_count != taken_in
+                                    or not app.flow_control.is_active() or app.should_stop))
     async for value in stream:
+        taken_in = app.rebalancing_count
         try:
             retry = ScanRetry.decode(value)
             envelope = retry.decoded_envelope()
