@@ -24,6 +24,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     POSTWARDEN_SMTP_HOST=0.0.0.0 \
     POSTWARDEN_WEB_HOST=0.0.0.0 \
     POSTWARDEN_HEALTH_HOST=0.0.0.0
+# bsdtar lets the attachment policy look inside packed RAR members.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libarchive-tools \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 postwarden \
  && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/postwarden \
         --shell /usr/sbin/nologin postwarden \

@@ -487,6 +487,12 @@ class Settings(BaseSettings):
     # fetch when data arrives (Tansu) add up to this much latency per stage.
     consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=10_000)
 
+    # --- virus rescans (issue 4): mail whose scan failed waits on mail.rescan ---
+    # Seconds after receipt at which mail still unscanned is held as SCAN-UNAVAILABLE.
+    rescan_max_age: float = Field(default=86_400.0, gt=0, le=30 * 86_400)
+    # Longest pause between two checks whether ClamAV answers again.
+    rescan_backoff_max: float = Field(default=30.0, gt=0, le=3600)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _bootstrap(cls, v: str) -> str:

@@ -192,3 +192,13 @@ def _connect(bootstrap: list[str], deadline: float, security: Mapping[str, Any])
             time.sleep(0.5)
     why = tls_failure(bootstrap, security)
     raise KafkaError(f"cannot reach the Kafka cluster at {','.join(bootstrap)}: {why or last}")
+
+
+# Mail whose virus scan could not happen (clamd unreachable) waits here, out of the
+# users' quarantines, until streams.rescan_agent scans it again; only after
+# POSTWARDEN_RESCAN_MAX_AGE is it held as SCAN-UNAVAILABLE.
+RESCAN = TopicSpec(
+    "mail.rescan", "message id", "ScanRetry (msgpack: envelope + raw bytes)",
+    7 * DAY_MS, "mail waiting for a virus scan while ClamAV is unreachable",
+)
+ALL_TOPICS += (RESCAN,)

@@ -10,6 +10,8 @@ profile=run
 [ "${1:-}" = "--test" ] && profile=test
 
 apt_packages=()
+# bsdtar unpacks compressed RAR members for the attachment policy.
+command -v bsdtar >/dev/null 2>&1 || apt_packages+=(libarchive-tools)
 if [ "$profile" = test ]; then
     command -v clickhouse-server >/dev/null 2>&1 || [ -x /usr/sbin/clickhouse-server ] \
         || apt_packages+=(clickhouse-server)

@@ -6,7 +6,7 @@ import argparse
 import sys
 import time
 
-from postwarden.config import load_settings
+from postwarden.config import Settings, load_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ssub.add_parser("notify", help="send virus alerts and quarantine digests").set_defaults(
         func=cmd_sink_notify)
 
-    queue = sub.add_parser("queue", help="show what waits for delivery, by destination")
+    queue = sub.add_parser("queue", help="show what waits for delivery, by destination, and for a virus rescan")
     queue.add_argument("--message-id", help="show the recipients and attempts of one message")
     queue.set_defaults(func=cmd_queue)
 
@@ -80,6 +80,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
             print(f"{e.recipient}\ttenant={e.tenant}\tdestination={e.destination}\t"
                   f"attempts={e.attempts}\tnext={_in(e.due_at, now)}\tlast={e.last_reply or '-'}")
         return 0
+    if (code := _print_rescan_queue(settings, bootstrap, now)) is not None:
+        return code
     rows = index.summary(now)
     if not rows:
         print("nothing is waiting for delivery")
@@ -90,6 +92,24 @@ def cmd_queue(args: argparse.Namespace) -> int:
         print(f"{r.tenant}\t{r.destination}\t{r.waiting}\t{_duration(r.oldest_age)}\t{nxt}\t"
               f"{r.max_attempts}")
     return 0
+
+
+def _print_rescan_queue(settings: Settings, bootstrap: list[str], now: float) -> int | None:
+    """Mail held back from routing until ClamAV can scan it (streams.scan_retry)."""
+    from postwarden.kafka_security import client_kwargs
+    from streams.scan_retry import scan_rescan_queue
+
+    try:
+        rescan = scan_rescan_queue(bootstrap, settings.app_id,
+                                   security=client_kwargs(settings), now=now)
+    except Exception as exc:  # kafka-python raises a wide family; say what failed
+        print(f"postwarden: cannot read the rescan queue: {exc}", file=sys.stderr)
+        return 1
+    if rescan.waiting:
+        print(f"waiting for a virus rescan: {rescan.waiting}, oldest {_duration(rescan.oldest_age)}")
+    else:
+        print("nothing is waiting for a virus rescan")
+    return None
 
 
 def _in(due: float | None, now: float) -> str:

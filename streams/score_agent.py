@@ -1,14 +1,20 @@
-"""Score agent: mail.inbound -> one Verdict per recipient on mail.verdicts."""
+"""Score agent: mail.inbound -> one Verdict per recipient on mail.verdicts.
+
+Mail that could not be virus-scanned (clamd unreachable) goes to mail.rescan
+instead, where streams.rescan_agent scans it again before it is routed.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
 
 from prometheus_client import Counter
 
 from postwarden.records import Envelope, RecordError, RuleHit, Verdict
-from postwarden.topics import INBOUND, VERDICTS
+from postwarden.topics import INBOUND, RESCAN, VERDICTS
 from streams.app import app, settings, topic
+from streams.scan_retry import ScanRetry, scan_failed
 from streams.scorer import Scorer
 from streams.scoring_engine import ScoringEngine
 
@@ -17,9 +23,12 @@ log = logging.getLogger(__name__)
 SCORED = Counter("postwarden_scored_messages_total", "Messages scored", ["verdict"])
 DROPPED = Counter("postwarden_score_invalid_records_total",
                   "mail.inbound records without a usable envelope (left on the topic)")
+DEFERRED = Counter("postwarden_rescan_deferred_total",
+                   "Messages put on mail.rescan because ClamAV could not scan them")
 
 inbound = topic(INBOUND)
 verdicts = topic(VERDICTS)
+rescans = topic(RESCAN)
 scorer: Scorer = ScoringEngine.from_settings(settings)
 
 
@@ -53,5 +62,10 @@ async def score(stream):
         raw = event.value
         result = await scorer.score(raw, envelope)
         SCORED.labels(result.verdict).inc()
+        if scan_failed(result):
+            retry = ScanRetry.of(envelope, raw, time.time())
+            await rescans.send(key=envelope.message_id.encode(), value=retry.encode())
+            DEFERRED.inc()
+            continue
         for verdict in fan_out(envelope, raw, result):
             await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())

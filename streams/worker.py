@@ -10,7 +10,7 @@ FAUST_LOGLEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR":
 
 
 def worker_main(loglevel: str = "INFO") -> None:
-    from streams import mailbox_api, policy_agent, score_agent  # noqa: F401  (registers the agents)
+    from streams import mailbox_api, policy_agent, rescan_agent, score_agent  # noqa: F401  (registers the agents)
     from streams.app import app, settings
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ def test_declarations_are_complete_and_unique():
                           "mail.quarantine-actions", "mail.users-changelog",
                           "mail.quarantine-index-changelog", "mail.quarantine-store-changelog",
                           "mail.deliver.retry.1", "mail.deliver.retry.2", "mail.deliver.retry.3",
-                          "mail.deliver.retry.4", "mail.delivered", "mail.digest.state"}
+                          "mail.deliver.retry.4", "mail.delivered", "mail.digest.state", "mail.rescan"}
     for t in ALL_TOPICS:
         assert t.retention_ms > 0 and t.key and t.value
         assert t.config()["retention.ms"] == str(t.retention_ms)

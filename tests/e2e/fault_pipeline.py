@@ -17,7 +17,7 @@ import yaml
 
 from postwarden.keyring import Keyring, new_master_key, write_keys_file
 from postwarden.local_services import ClickHouseServer, SeaweedFS, Tansu, free_port
-from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, INBOUND, QUARANTINE, VERDICTS, create_topics
+from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, INBOUND, QUARANTINE, RESCAN, VERDICTS, create_topics
 from sinks.stats_store import ServerStatsStore, StoreError
 from streams.clamd_service import ClamdServer
 from tests.conftest import Process, service_env, wait_http_ok
@@ -29,7 +29,7 @@ COMMANDS = {"worker": ["worker"], "delivery": ["sink", "delivery"], "stats": ["s
             "ingest": ["ingest"]}
 APP_ID = "postwarden"
 # Consumer groups whose committed offsets must reach the end before an audit is final.
-GROUPS = {APP_ID: (INBOUND.name, VERDICTS.name, QUARANTINE.name),
+GROUPS = {APP_ID: (INBOUND.name, VERDICTS.name, QUARANTINE.name, RESCAN.name),
           f"{APP_ID}-delivery": (DELIVER.name, *(t.name for t in DELIVER_RETRY_TIERS))}
 
 
@@ -91,7 +91,7 @@ class FaultPipeline:
             POSTWARDEN_STATS_WINDOW_SECONDS="2", POSTWARDEN_STATS_GRACE_SECONDS="0.5",
             POSTWARDEN_STATS_K_ANONYMITY="1",
             POSTWARDEN_DELIVERY_RETRY_DELAYS="1,1,2,2", POSTWARDEN_DELIVERY_TIMEOUT="5",
-            POSTWARDEN_DELIVERY_COMMIT_SECONDS="0.5")
+            POSTWARDEN_DELIVERY_COMMIT_SECONDS="0.5", POSTWARDEN_RESCAN_BACKOFF_MAX="1")
         env.update(extra)
         return env
 

@@ -11,6 +11,7 @@ from postwarden.local_services import free_port
 from postwarden.records import Envelope
 from streams.scoring_engine import SCAN_UNAVAILABLE, ScoringEngine
 from streams.virus_scanner import ClamdAddress, ClamdScanner, parse_reply
+from tests.streams.archive_fixtures import seven_zip
 from tests.streams.scoring_fixtures import (
     EICAR, eicar_base64_message, plain_message, with_attachment, zip_bytes,
 )
@@ -34,6 +35,8 @@ async def test_tcp_and_unix_socket(clamd):
     pytest.param(plain_message(body=EICAR.decode() + "\n"), id="plain-body"),
     pytest.param(with_attachment(zip_bytes({"readme.txt": EICAR}), "docs.zip"), id="zipped"),
     pytest.param(eicar_base64_message(), id="base64-attachment"),
+    # ClamAV unpacks 7z itself; the built-in attachment policy only judges types and bombs.
+    pytest.param(with_attachment(seven_zip({"readme.txt": EICAR}), "docs.7z"), id="7z"),
 ])
 async def test_engine_finds_eicar(clamd, raw):
     engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress.parse(clamd.address)))
