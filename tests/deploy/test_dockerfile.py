@@ -44,8 +44,12 @@ def test_multi_stage_with_slim_non_root_runtime():
 
     runs = " ".join(a for i, a in runtime if i == "RUN")
     assert "from=build" in runs and "--no-index" in runs, "runtime installs only the built wheels"
-    for compiler in ("gcc", "build-essential", "g++", "clang", "apt-get"):
+    for compiler in ("gcc", "build-essential", "g++", "clang"):
         assert compiler not in runs, f"runtime stage must not install {compiler}"
+    # The one Debian package at run time is bsdtar, without its recommends or apt's lists.
+    installs = re.findall(r"apt-get install ([^&]*)", runs)
+    assert [i.split() for i in installs] == [["-y", "--no-install-recommends", "libarchive-tools"]]
+    assert "rm -rf /var/lib/apt/lists/*" in runs
     assert "--uid 10001" in runs
     users = [a for i, a in runtime if i == "USER"]
     assert users and users[-1].split(":")[0] == "10001"
