@@ -2,14 +2,16 @@
 
 Two token models read the same hashed features: logistic regression, and a
 naive Bayes whose smoothing is tiny, so that a token seen in only one class
-weighs heavily. They err on different mail (the regression spreads weight
-over common tokens, the Bayes trusts rare ones), so a second stage combines
-them with a few counts (links, words, capitals, HTML share, parts, subject
-length): boosted decision stumps fitted on out-of-fold scores, so they learn
-how far to trust each token model on unseen mail, which neither can learn
-from its own training scores. Cross-validated on train.tsv the stumps add one
-to two points of spam caught at ham budgets of 0.1% to 0.5%, and the Bayes
-input about one more at 0.1%.
+weighs heavily. The Bayes evidence is averaged separately over the body's,
+the subject's and the headers' tokens (a newsletter's body reads like spam
+while its sender and structure do not). They err on different mail (the
+regression spreads weight over common tokens, the Bayes trusts rare ones), so
+a second stage combines them with a few counts (links, words, capitals, HTML
+share, parts, subject length): boosted decision stumps fitted on out-of-fold
+scores, so they learn how far to trust each token model on unseen mail, which
+neither can learn from its own training scores. Cross-validated on train.tsv
+the regression alone catches about 91% of spam within 0.1% of ham, with the
+stumps over its logit 92%, with the Bayes averages 97%.
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
@@ -72,17 +74,29 @@ _SHAPE_SUBS = (
     (re.compile(r"(.)\1+"), r"\1+"),
 )
 
-_hash_cache: dict[str, int] = {}
-_HASH_CACHE_MAX = 500_000
+# Token groups the Bayes evidence is averaged over, told apart by prefix: body
+# words have none (the word pattern has no colon), subject tokens these.
+NB_GROUPS = ("body", "subject", "headers")
+_SUBJECT_PREFIXES = frozenset({"s", "sc", "su", "sch"})
+
+# token -> (hashed index, group): one lookup per token for a running worker.
+_token_cache: dict[str, tuple[int, int]] = {}
+_TOKEN_CACHE_MAX = 500_000
+
+
+def _indexed(token: str) -> tuple[int, int]:
+    entry = _token_cache.get(token)
+    if entry is None:
+        colon = token.find(":")
+        group = 0 if colon < 0 else 1 if token[:colon] in _SUBJECT_PREFIXES else 2
+        entry = (zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK, group)
+        if len(_token_cache) < _TOKEN_CACHE_MAX:
+            _token_cache[token] = entry
+    return entry
 
 
 def _index(token: str) -> int:
-    idx = _hash_cache.get(token)
-    if idx is None:
-        idx = zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK
-        if len(_hash_cache) < _HASH_CACHE_MAX:
-            _hash_cache[token] = idx
-    return idx
+    return _indexed(token)[0]
 
 
 def url_host(url: str) -> str:
@@ -194,8 +208,17 @@ def features(msg: ParsedMessage) -> list[int]:
     return sorted({_index(t) for t in tokens(msg)})
 
 
+def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
+    """All feature indices, and those of each of NB_GROUPS."""
+    groups: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+    for token in tokens(msg):
+        idx, group = _indexed(token)
+        groups[group].add(idx)
+    return sorted(groups[0] | groups[1] | groups[2]), [sorted(g) for g in groups]
+
+
 # Inputs of the second stage after the regression's logit (with the rules') and the
-# Bayes log-odds, in order.
+# Bayes averages of NB_GROUPS, in order.
 COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "features", "parts",
           "subject_chars")
 
@@ -264,13 +287,13 @@ class SpamModel:
     def token_logit(self, feature_ids: list[int]) -> float:
         return self._token_logit(_id_array(feature_ids))
 
-    def nb_logit(self, feature_ids: list[int]) -> float:
-        return self._nb_logit(_id_array(feature_ids))
+    def nb_mean(self, feature_ids: list[int]) -> float:
+        return self._nb_mean(_id_array(feature_ids))
 
     def _token_logit(self, ids: np.ndarray) -> float:
         return self.bias + float(self._w[ids].sum()) * _scale(len(ids))  # type: ignore[attr-defined]
 
-    def _nb_logit(self, ids: np.ndarray) -> float:
+    def _nb_mean(self, ids: np.ndarray) -> float:
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
         return float(self._nb[ids].sum()) / max(len(ids), 1)  # type: ignore[attr-defined]
@@ -280,9 +303,11 @@ class SpamModel:
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        ids = _id_array(features(msg))
+        all_ids, groups = grouped_features(msg)
+        ids = _id_array(all_ids)
         z = self._token_logit(ids)
-        return z + self.stumps([z + rule_logit, self._nb_logit(ids), *counts(msg, len(ids))]) - self.threshold
+        nb = [self._nb_mean(_id_array(g)) for g in groups]
+        return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
@@ -361,7 +386,8 @@ class Matrix:
     def row_means(self, w: np.ndarray) -> np.ndarray:
         """Per row, the mean of ``w`` over the row's columns (0 for an empty row)."""
         lengths = np.diff(self.indptr)
-        sums = np.add.reduceat(w[self.indices], self.indptr[:-1]) if len(self.indices) else np.zeros(self.n)
+        # The appended zero keeps reduceat's start indices in range when the last rows are empty.
+        sums = np.add.reduceat(np.append(w[self.indices], 0.0), self.indptr[:-1])
         sums[lengths == 0] = 0.0
         return sums / np.maximum(lengths, 1)
 
