@@ -1,15 +1,21 @@
-"""Statistical spam model: hashed binary token features and logistic regression.
+"""Statistical spam model: hashed binary token features, logistic regression and naive Bayes.
 
-A second stage corrects the token model's logit with a few counts (links,
-words, capitals, HTML share, parts, subject length): boosted decision stumps
-fitted on out-of-fold logits, so they learn how far to trust the token model
-on unseen mail, which the token model cannot learn from its own training
-scores. Cross-validated on train.tsv they add one to two points of spam
-caught at ham budgets of 0.1% to 0.5%.
+Two token models read the same hashed features: logistic regression, and a
+naive Bayes whose smoothing is tiny, so that a token seen in only one class
+weighs heavily. The Bayes evidence is averaged separately over the body's,
+the subject's and the headers' tokens (a newsletter's body reads like spam
+while its sender and structure do not). They err on different mail (the
+regression spreads weight over common tokens, the Bayes trusts rare ones), so
+a second stage combines them with a few counts (links, words, capitals, HTML
+share, parts, subject length): boosted decision stumps fitted on out-of-fold
+scores, so they learn how far to trust each token model on unseen mail, which
+neither can learn from its own training scores. Cross-validated on train.tsv
+(nested, cut chosen for 0.1% of ham) the stumps over the regression logit
+alone catch about 92% of spam, with the Bayes averages about 97%.
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
-microseconds in plain Python, while a library call costs a fixed fraction of a
+microseconds with numpy indexing, while a library call costs a fixed fraction of a
 millisecond. Training is numpy only and deterministic (full-batch optimiser,
 folds fixed by message hash), so `postwarden train` on the same manifest gives
 the same artifact byte for byte.
@@ -41,11 +47,12 @@ import numpy as np
 
 from streams.mime_parser import ParsedMessage
 
-FEATURE_VERSION = 2
-DIM_BITS = 18
+# Bumped whenever features or the artifact layout change: older artifacts are refused.
+FEATURE_VERSION = 3
+DIM_BITS = 20
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
-ARTIFACT = "models/spam-model-v2.npz"
+ARTIFACT = "models/spam-model-v3.npz"
 
 _WORD_RE = re.compile(r"[^\W_][\w'$%.-]{0,23}")
 _ADDR_DOMAIN_RE = re.compile(r"@([\w.-]+)")
@@ -67,17 +74,29 @@ _SHAPE_SUBS = (
     (re.compile(r"(.)\1+"), r"\1+"),
 )
 
-_hash_cache: dict[str, int] = {}
-_HASH_CACHE_MAX = 500_000
+# Token groups the Bayes evidence is averaged over, told apart by prefix: body
+# words have none (the word pattern has no colon), subject tokens these.
+NB_GROUPS = ("body", "subject", "headers")
+_SUBJECT_PREFIXES = frozenset({"s", "sc", "su", "sch"})
+
+# token -> (hashed index, group): one lookup per token for a running worker.
+_token_cache: dict[str, tuple[int, int]] = {}
+_TOKEN_CACHE_MAX = 500_000
+
+
+def _indexed(token: str) -> tuple[int, int]:
+    entry = _token_cache.get(token)
+    if entry is None:
+        colon = token.find(":")
+        group = 0 if colon < 0 else 1 if token[:colon] in _SUBJECT_PREFIXES else 2
+        entry = (zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK, group)
+        if len(_token_cache) < _TOKEN_CACHE_MAX:
+            _token_cache[token] = entry
+    return entry
 
 
 def _index(token: str) -> int:
-    idx = _hash_cache.get(token)
-    if idx is None:
-        idx = zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK
-        if len(_hash_cache) < _HASH_CACHE_MAX:
-            _hash_cache[token] = idx
-    return idx
+    return _indexed(token)[0]
 
 
 def url_host(url: str) -> str:
@@ -189,7 +208,17 @@ def features(msg: ParsedMessage) -> list[int]:
     return sorted({_index(t) for t in tokens(msg)})
 
 
-# Inputs of the second stage after the token model's logit (with the rules'), in order.
+def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
+    """All feature indices, and those of each of NB_GROUPS."""
+    groups: tuple[set[int], set[int], set[int]] = (set(), set(), set())
+    for token in tokens(msg):
+        idx, group = _indexed(token)
+        groups[group].add(idx)
+    return sorted(groups[0] | groups[1] | groups[2]), [sorted(g) for g in groups]
+
+
+# Inputs of the second stage after the regression's logit (with the rules') and the
+# Bayes averages of NB_GROUPS, in order.
 COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "features", "parts",
           "subject_chars")
 
@@ -238,36 +267,53 @@ class Stumps:
 
 @dataclass(frozen=True)
 class SpamModel:
-    """Token weights, second-stage stumps, the shipped cut and what they were trained on."""
+    """Token weights of both token models, second-stage stumps, the shipped cut and what
+    they were trained on."""
 
     weights: np.ndarray
     bias: float
+    nb_weights: np.ndarray
     stumps: Stumps
     # Logit of the default level: subtracted so that 0 (spam score 50) is the cut.
     threshold: float
     meta: dict
 
     def __post_init__(self) -> None:
-        # Plain-list lookups beat numpy fancy indexing for a few hundred indices.
-        object.__setattr__(self, "_w", self.weights.astype(np.float64).tolist())
+        # float64 as in training; one index array serves both lookups (microseconds,
+        # where Python lists of a million floats would cost tens of MB per worker).
+        object.__setattr__(self, "_w", self.weights.astype(np.float64))
+        object.__setattr__(self, "_nb", self.nb_weights.astype(np.float64))
 
     def token_logit(self, feature_ids: list[int]) -> float:
-        w = self._w  # type: ignore[attr-defined]
-        return self.bias + sum(w[i] for i in feature_ids) * _scale(len(feature_ids))
+        return self._token_logit(_id_array(feature_ids))
+
+    def nb_mean(self, feature_ids: list[int]) -> float:
+        return self._nb_mean(_id_array(feature_ids))
+
+    def _token_logit(self, ids: np.ndarray) -> float:
+        return self.bias + float(self._w[ids].sum()) * _scale(len(ids))  # type: ignore[attr-defined]
+
+    def _nb_mean(self, ids: np.ndarray) -> float:
+        # The mean evidence per token: a sum (or one scaled like the regression's)
+        # lets long ham pile up spam-like rare tokens.
+        return float(self._nb[ids].sum()) / max(len(ids), 1)  # type: ignore[attr-defined]
 
     def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
         """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        ids = features(msg)
-        z = self.token_logit(ids)
-        return z + self.stumps([z + rule_logit, *counts(msg, len(ids))]) - self.threshold
+        all_ids, groups = grouped_features(msg)
+        ids = _id_array(all_ids)
+        z = self._token_logit(ids)
+        nb = [self._nb_mean(_id_array(g)) for g in groups]
+        return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()
         np.savez_compressed(
             buf, weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
+            nb_weights=self.nb_weights.astype(np.float32),
             threshold=np.float64(self.threshold),
             stump_feature=self.stumps.feature.astype(np.int16),
             stump_threshold=self.stumps.threshold.astype(np.float64),
@@ -292,8 +338,12 @@ class SpamModel:
                     f"dim={meta.get('dim')}, this code needs {FEATURE_VERSION}/{DIM}: retrain it")
             stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
                             npz["stump_left"], npz["stump_right"])
-            return cls(npz["weights"].astype(np.float32), float(npz["bias"]), stumps,
-                       float(npz["threshold"]), meta)
+            return cls(npz["weights"].astype(np.float32), float(npz["bias"]),
+                       npz["nb_weights"].astype(np.float32), stumps, float(npz["threshold"]), meta)
+
+
+def _id_array(feature_ids: list[int]) -> np.ndarray:
+    return np.fromiter(feature_ids, dtype=np.intp, count=len(feature_ids))
 
 
 def _scale(n: int) -> float:
@@ -332,6 +382,14 @@ class Matrix:
         sums = np.add.reduceat(prod, self.indptr[:-1]) if len(prod) else np.zeros(self.n)
         sums[np.diff(self.indptr) == 0] = 0.0
         return sums
+
+    def row_means(self, w: np.ndarray) -> np.ndarray:
+        """Per row, the mean of ``w`` over the row's columns (0 for an empty row)."""
+        lengths = np.diff(self.indptr)
+        # The appended zero keeps reduceat's start indices in range when the last rows are empty.
+        sums = np.add.reduceat(np.append(w[self.indices], 0.0), self.indptr[:-1])
+        sums[lengths == 0] = 0.0
+        return sums / np.maximum(lengths, 1)
 
     def tdot(self, r: np.ndarray, width: int = DIM) -> np.ndarray:
         per_entry = np.repeat(r, np.diff(self.indptr)) * self.values
@@ -373,6 +431,21 @@ def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int
     full = np.zeros(DIM)
     full[cols] = w
     return full, b
+
+
+def fit_nb(x: Matrix, y: np.ndarray, alpha: float) -> np.ndarray:
+    """Per hashed column, log-odds of appearing in spam vs ham (Bernoulli naive Bayes
+    evidence of presence, smoothed by ``alpha``).
+
+    A column seen in neither class gets the log of the class-size ratio, as the
+    formula says: it is the stumps' job to decide what that is worth.
+    """
+    spam_rows = np.repeat(y, np.diff(x.indptr))
+    in_spam = np.bincount(x.indices, weights=spam_rows, minlength=DIM)
+    in_ham = np.bincount(x.indices, weights=1.0 - spam_rows, minlength=DIM)
+    n_spam, n_ham = float(y.sum()), float(len(y) - y.sum())
+    return (np.log((in_spam + alpha) / (n_spam + 2 * alpha))
+            - np.log((in_ham + alpha) / (n_ham + 2 * alpha)))
 
 
 def fit_stumps(inputs: np.ndarray, y: np.ndarray, init: np.ndarray, rounds: int,

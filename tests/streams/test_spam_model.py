@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from streams.mime_parser import parse
-from streams.spam_model import DIM, FEATURE_VERSION, SpamModel, Stumps, features, fit_stumps, tokens
+from streams.spam_model import (DIM, FEATURE_VERSION, NB_GROUPS, Matrix, SpamModel, Stumps, _index, features,
+                                fit_nb, fit_stumps, grouped_features, tokens)
 from streams.training import REPORTED_FPRS, choose_threshold, run_training
 from tests.streams.scoring_fixtures import plain_message
 
@@ -19,6 +20,7 @@ def test_shipped_model_loads_with_metadata():
     model = SpamModel.load()
     assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
     assert model.weights.shape == (DIM,) and model.weights.dtype == np.float32
+    assert model.nb_weights.shape == (DIM,) and model.nb_weights.dtype == np.float32
     assert model.meta["trained_on"]["messages"] > 1000
     assert 0 < model.meta["cv"]["spam_caught"] <= 1
     assert model.stumps.feature.size > 0
@@ -83,11 +85,40 @@ def test_stumps_learn_what_the_first_stage_missed():
 
 def test_artifact_from_another_feature_version_is_refused(tmp_path):
     model = SpamModel.load()
-    stale = SpamModel(model.weights, model.bias, model.stumps, model.threshold,
+    stale = SpamModel(model.weights, model.bias, model.nb_weights, model.stumps, model.threshold,
                       {**model.meta, "feature_version": FEATURE_VERSION + 1})
     stale.save(tmp_path / "stale.npz")
     with pytest.raises(ValueError, match="retrain"):
         SpamModel.load(tmp_path / "stale.npz")
+
+
+def test_naive_bayes_weighs_tokens_by_the_class_they_appear_in():
+    # Columns 1: spam only, 2: ham only, 3: both alike, 4: never seen.
+    x = Matrix.from_rows([[1, 3], [1, 3], [2, 3], [2, 3]])
+    y = np.array([1.0, 1.0, 0.0, 0.0])
+    w = fit_nb(x, y, alpha=0.001)
+    assert w.shape == (DIM,)
+    assert w[1] > 5 and w[2] < -5 and w[1] == pytest.approx(-w[2])
+    assert w[3] == pytest.approx(0.0) and w[4] == pytest.approx(0.0)
+
+
+def test_bayes_groups_split_body_subject_and_headers():
+    msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
+    all_ids, groups = grouped_features(msg)
+    assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
+    body, subject, headers = (set(g) for g in groups)
+    assert {_index("kernel"), _index("patch")} <= body
+    assert _index("s:quarterly") in subject and _index("s:quarterly") not in body
+    assert _index("ct:text/plain") in headers and _index("kernel") not in headers
+    assert set(all_ids) == body | subject | headers
+
+
+def test_row_means_of_empty_rows_are_zero():
+    # Empty rows last and in the middle: a message without body words, say.
+    x = Matrix.from_rows([[1, 2], [], [3], []])
+    w = np.zeros(DIM)
+    w[1], w[2], w[3] = 1.0, 3.0, -4.0
+    assert x.row_means(w).tolist() == [2.0, 0.0, -4.0, 0.0]
 
 
 def _corpus(tmp_path):
