@@ -17,9 +17,9 @@ from typing import Any
 
 from postwarden.config import Tenant
 from postwarden.keyring import Keyring
-from postwarden.records import RoutedMessage, _Record
+from postwarden.records import _Record
 from postwarden.signed_links import sign
-from sinks.generated_mail import HeaderSummary, alternative, derived_id, format_time
+from sinks.generated_mail import HeldSummary, alternative, derived_id, format_time
 
 MAX_LISTED = 200
 
@@ -35,10 +35,9 @@ class DigestState(_Record):
     source_offset: int = -1  # last mail.quarantine offset applied (replays below it are no-ops)
 
 
-def entry(held: RoutedMessage) -> dict[str, Any]:
-    h = HeaderSummary(held.raw)
-    return {"m": held.message_id, "s": h.sender, "j": h.subject, "d": h.date,
-            "c": round(held.spam_score, 1), "q": held.received_at}
+def entry(held: HeldSummary) -> dict[str, Any]:
+    return {"m": held.message_id, "s": held.sender, "j": held.subject, "d": held.date,
+            "c": round(held.score, 1), "q": held.received_at}
 
 
 def slot_of(ts: float, interval: int) -> int:

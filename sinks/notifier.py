@@ -29,7 +29,9 @@ from postwarden.config import Settings, Tenants
 from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
 from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
-from postwarden.records import RecordError, RoutedMessage
+from postwarden.held_mail import HeldMessage
+from postwarden.records import RecordError
+from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
 from sinks.digest import (
     DigestState,
@@ -39,7 +41,7 @@ from sinks.digest import (
     entry,
     slot_of,
 )
-from sinks.generated_mail import routed as generated
+from sinks.generated_mail import held_summary, routed as generated
 from sinks.kafka_output import send_until_acked
 from sinks.virus_alert import alert_message_id, build_alert
 
@@ -57,6 +59,7 @@ class Notifier:
         self.settings = settings
         self.tenants = tenants or settings.tenants()
         self.keyring = keyring or settings.keyring()
+        self.sealer = Sealer(self.keyring)
         self.clock = clock
         self.group_id = group_id or f"{settings.app_id}-notifier"
         self.states: dict[int, dict[str, DigestState]] = {}
@@ -110,10 +113,11 @@ class Notifier:
 
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
         try:
-            held = RoutedMessage.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable record", extra={"partition": partition,
-                                                             "offset": offset, "reason": str(exc)})
+            record = HeldMessage.decode(value)
+            held = held_summary(self.sealer, record)
+        except (RecordError, TamperedError, RetiredKeyError) as exc:
+            log.error("skipping unreadable held message", extra={
+                "partition": partition, "offset": offset, "reason": type(exc).__name__})
             return
         tenant = self.tenants.get(held.tenant)
         if tenant is None:

@@ -19,6 +19,7 @@ import faust
 from faust.types import TP
 from prometheus_client import Counter
 
+from postwarden.held_mail import HeldMessage
 from postwarden.records import RecordError, RoutedMessage, StatsEvent, _Record, verdict_label
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import (
@@ -27,7 +28,7 @@ from postwarden.topics import (
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
 from streams.app import app, settings, topic
-from streams.quarantine_store import NotFound, QuarantineStore
+from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
 log = logging.getLogger(__name__)
 
@@ -202,28 +203,29 @@ async def quarantine_actions(stream):
 
 @app.agent(quarantine_topic)
 async def quarantine_store(stream):
-    """Seals every quarantined message into the store (idempotent on replay)."""
+    """Files every quarantined message, sealed by the policy agent, in the store (idempotent on replay)."""
     async for value in stream:
         try:
-            routed = RoutedMessage.decode(value)
+            held = HeldMessage.decode(value)
         except RecordError as exc:
             log.error("skipping undecodable quarantined message", extra={"reason": str(exc)})
             continue
-        tenant = tenants.get(routed.tenant)
+        tenant = tenants.get(held.tenant)
         retention = tenant.quarantine_retention_days if tenant else 14
-        if store.add(routed, retention, time.time()):
+        if store.add(held, retention, time.time()):
             log.info("quarantined message stored",
-                     extra={"message_id": routed.message_id, "tenant": routed.tenant})
+                     extra={"message_id": held.message_id, "tenant": held.tenant})
 
 
-def _active_keys() -> list[bytes]:
-    """Index keys in the partitions this worker owns (standby copies are left to their owner)."""
+def _active_recipients() -> list[str]:
+    """Users with held mail in the partitions this worker owns (standby copies are left to their owner)."""
     changelog = quarantine_index.changelog_topic.get_topic_name()
     out = []
     for key in list(quarantine_index.keys()):
-        tp = app.producer.key_partition(changelog, key)
-        if app.assignor.is_active(TP(changelog, tp.partition)):
-            out.append(key)
+        # A user's keys all sit in the partition of their address, which is the directory key.
+        if is_directory_key(key) and app.assignor.is_active(
+                TP(changelog, app.producer.key_partition(changelog, key).partition)):
+            out.append(key.decode())
     return out
 
 
@@ -232,6 +234,6 @@ async def retention_sweep() -> None:
     """Asks the partition owner (itself) to drop entries whose retention has ended."""
     if app.rebalancing:
         return
-    for tenant, recipient, message_id in store.due(time.time(), iter(_active_keys())):
+    for tenant, recipient, message_id in store.due(time.time(), _active_recipients()):
         cmd = new_quarantine_command(tenant, recipient, message_id, "expire")
         await quarantine_actions_topic.send(key=recipient.encode(), value=cmd.encode())

@@ -2,6 +2,8 @@
 
 mail.verdicts is keyed by recipient and co-partitioned with the users table
 (streams.mailbox), so the user's settings are read locally, no remote call.
+Held mail is sealed here, before it is written to mail.quarantine: no topic
+after the policy stage holds a quarantined message in clear.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import time
 
 from prometheus_client import Counter
 
+from postwarden.held_mail import seal_held
 from postwarden.records import RecordError, RoutedMessage, Verdict
+from postwarden.sealing import Sealer
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
 from postwarden.users import effective
 from streams.app import app, settings, topic
@@ -29,6 +33,7 @@ deliver = topic(DELIVER)
 quarantine = topic(QUARANTINE)
 events = topic(EVENTS)
 tenants = settings.tenants()
+sealer = Sealer(settings.keyring())
 
 
 def route(verdict: Verdict) -> tuple[str, str]:
@@ -62,7 +67,8 @@ async def policy(stream):
         if action == "deliver":
             await deliver.send(key=verdict.tenant.encode(), value=routed.encode())
         else:
-            await quarantine.send(key=verdict.recipient.encode(), value=routed.encode())
+            held = seal_held(sealer, routed)
+            await quarantine.send(key=verdict.recipient.encode(), value=held.encode())
         await events.send(key=verdict.tenant.encode(),
                           value=anonymous_event(verdict, action, time.time()).encode())
         ROUTED.labels(action).inc()
