@@ -1,7 +1,7 @@
 """A quarantined message as it travels on mail.quarantine: sealed before it leaves the policy agent.
 
 Only what routing and retention need is in clear (ids, tenant, recipient,
-time); the message and its index entry (sender, subject, date, size, score,
+time, and the policy's reason code such as "spam" or "virus"); the message and its index entry (sender, subject, date, size, score,
 reasons) are sealed with the tenant's key, bound to tenant, recipient and
 message id, exactly as the quarantine store keeps them at rest, so the store
 files them unopened and the topic never holds readable mail.
@@ -38,9 +38,14 @@ class HeldMessage(_Record):
     message_id: str
     tenant: str
     recipient: str
+    reason: str
     received_at: float
     index: bytes  # sealed index fields (msgpack of the sealed value), part "index"
     body: bytes  # sealed raw message (msgpack of the sealed value), part "body"
+
+    @property
+    def dedupe_key(self) -> tuple[str, str]:
+        return (self.message_id, self.recipient)
 
 
 def _clip(text: str, limit: int) -> str:
@@ -102,7 +107,7 @@ def seal_held(sealer: Sealer, routed: RoutedMessage) -> HeldMessage:
     seal = sealer.seal
     index = seal(routed.tenant, routed.recipient, routed.message_id, "index", meta)
     body = seal(routed.tenant, routed.recipient, routed.message_id, "body", routed.raw)
-    return HeldMessage(routed.message_id, routed.tenant, routed.recipient, routed.received_at,
+    return HeldMessage(routed.message_id, routed.tenant, routed.recipient, routed.reason, routed.received_at,
                        msgpack.packb(index, use_bin_type=True), msgpack.packb(body, use_bin_type=True))
 
 

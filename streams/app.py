@@ -35,6 +35,10 @@ app = faust.App(
     # Other workers forward Message Center requests here (streams.mailbox_api).
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
+    # Verdicts and held mail carry whole messages; Faust's 1 MB default refused larger ones,
+    # and a refused changelog or output record kills the worker, which then replays it forever.
+    # The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
+    producer_max_request_size=settings.max_message_size + 256 * 1024,
     autodiscover=False,
     broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),

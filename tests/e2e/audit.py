@@ -34,6 +34,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from postwarden import internal_api
 from postwarden.keyring import Keyring
+from postwarden.held_mail import HeldMessage
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, QUARANTINE
 from tests.conftest import ARTIFACTS, REPO
@@ -251,7 +252,7 @@ def topic_copies(bootstrap: str, keys: set[Key]) -> Counter:
     for topic in (DELIVER.name, QUARANTINE.name):
         for record in read_topic(bootstrap, topic, lambda r: False, timeout=1.5):
             try:
-                key = RoutedMessage.decode(record.value).dedupe_key
+                key = (HeldMessage if topic == QUARANTINE.name else RoutedMessage).decode(record.value).dedupe_key
             except RecordError:
                 continue
             if key in keys:
