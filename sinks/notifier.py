@@ -26,10 +26,10 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
+from postwarden.held_mail import HeldMessage
 from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
 from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
-from postwarden.held_mail import HeldMessage
 from postwarden.records import RecordError
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
@@ -40,8 +40,10 @@ from sinks.digest import (
     due_entries,
     entry,
     slot_of,
+    with_pending,
 )
-from sinks.generated_mail import held_summary, routed as generated
+from sinks.generated_mail import held_summary
+from sinks.generated_mail import routed as generated
 from sinks.kafka_output import send_until_acked
 from sinks.virus_alert import alert_message_id, build_alert
 
@@ -136,8 +138,7 @@ class Notifier:
         state = self.states[partition].get(held.recipient) or DigestState(held.recipient, held.tenant)
         if offset <= state.source_offset:
             return  # replayed after a crash; already applied
-        state = DigestState(held.recipient, held.tenant, [*state.pending, entry(held)],
-                            state.last_slot, offset)
+        state = with_pending(state, entry(held), offset)
         await self._save(partition, state)
 
     async def tick(self) -> None:
@@ -160,7 +161,8 @@ class Notifier:
             return
         slot = slot_of(now, interval)
         raw = build_digest(tenant, state.recipient, entries, slot, self.settings.notify_from,
-                           self.settings.smtp_hostname, self.settings.public_url, self.keyring, now)
+                           self.settings.smtp_hostname, self.settings.public_url, self.keyring, now,
+                           state.unlisted)
         digest = generated(tenant.id, state.recipient, raw,
                            digest_message_id(tenant.id, state.recipient, slot), "digest", now)
         # Digest first, state second: a crash in between re-sends the same digest id,

@@ -7,12 +7,20 @@ building it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterable, AsyncIterator
+from typing import TypeVar
+
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
 
 from postwarden.config import load_settings
 from postwarden.kafka_security import faust_credentials
+from postwarden.records import RecordError, _Record
 from postwarden.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+R = TypeVar("R", bound=_Record)
 
 settings = load_settings()
 
@@ -85,6 +93,18 @@ def topic(spec: TopicSpec) -> faust.TopicT:
     return app.topic(spec.name, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw",
                      partitions=settings.topic_partitions)
+
+
+async def decoded(stream: AsyncIterable[bytes], record: type[R], what: str) -> AsyncIterator[R]:
+    """The stream's values as records; one that does not decode is logged and skipped,
+    since replaying it would only fail again (its offset is committed like any other)."""
+    async for value in stream:
+        try:
+            item = record.decode(value)
+        except RecordError as exc:
+            log.error(f"skipping undecodable {what}", extra={"reason": str(exc)})
+            continue
+        yield item
 
 
 # Faust starts its web server only after table recovery, so answering at all

@@ -20,14 +20,21 @@ from faust.types import TP
 from prometheus_client import Counter
 
 from postwarden.held_mail import HeldMessage
-from postwarden.records import RecordError, RoutedMessage, StatsEvent, _Record, verdict_label
+from postwarden.records import RoutedMessage, StatsEvent, _Record, verdict_label
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import (
-    DELIVER, EVENTS, QUARANTINE, QUARANTINE_ACTIONS, QUARANTINE_INDEX_CHANGELOG,
-    QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
+    DELIVER,
+    EVENTS,
+    QUARANTINE,
+    QUARANTINE_ACTIONS,
+    QUARANTINE_INDEX_CHANGELOG,
+    QUARANTINE_STORE_CHANGELOG,
+    USER_SETTINGS,
+    USERS_CHANGELOG,
+    TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
-from streams.app import app, settings, topic
+from streams.app import app, decoded, settings, topic
 from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
 log = logging.getLogger(__name__)
@@ -172,12 +179,7 @@ async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
 
 @app.agent(user_settings_topic)
 async def user_changes(stream):
-    async for value in stream:
-        try:
-            cmd = UserCommand.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable user command", extra={"reason": str(exc)})
-            continue
+    async for cmd in decoded(stream, UserCommand, "user command"):
         outcome = apply_user_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("user command applied", extra={"tenant": cmd.tenant, "status": outcome["status"],
@@ -187,12 +189,7 @@ async def user_changes(stream):
 
 @app.agent(quarantine_actions_topic)
 async def quarantine_actions(stream):
-    async for value in stream:
-        try:
-            cmd = QuarantineCommand.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable quarantine command", extra={"reason": str(exc)})
-            continue
+    async for cmd in decoded(stream, QuarantineCommand, "quarantine command"):
         outcome = await apply_quarantine_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("quarantine command applied", extra={
@@ -204,12 +201,7 @@ async def quarantine_actions(stream):
 @app.agent(quarantine_topic)
 async def quarantine_store(stream):
     """Files every quarantined message, sealed by the policy agent, in the store (idempotent on replay)."""
-    async for value in stream:
-        try:
-            held = HeldMessage.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable quarantined message", extra={"reason": str(exc)})
-            continue
+    async for held in decoded(stream, HeldMessage, "quarantined message"):
         tenant = tenants.get(held.tenant)
         retention = tenant.quarantine_retention_days if tenant else 14
         if store.add(held, retention, time.time()):

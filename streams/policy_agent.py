@@ -15,11 +15,11 @@ import time
 from prometheus_client import Counter
 
 from postwarden.held_mail import seal_held
-from postwarden.records import RecordError, RoutedMessage, Verdict
+from postwarden.records import RoutedMessage, Verdict
 from postwarden.sealing import Sealer
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
 from postwarden.users import effective
-from streams.app import app, settings, topic
+from streams.app import app, decoded, settings, topic
 from streams.mailbox import user_record
 from streams.policy import decide
 from streams.stats_events import anonymous_event
@@ -45,12 +45,7 @@ def route(verdict: Verdict) -> tuple[str, str]:
 
 @app.agent(verdicts)
 async def policy(stream):
-    async for value in stream:
-        try:
-            verdict = Verdict.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable verdict", extra={"reason": str(exc)})
-            continue
+    async for verdict in decoded(stream, Verdict, "verdict"):
         if verdict.recipient != verdict.recipient.lower():
             # Per-user state is keyed by the lowercased address: move the verdict to that
             # key's partition first, where the user's settings and quarantine live.

@@ -18,6 +18,10 @@ the partition of their address, with their verdicts and settings.
 
 Messages arrive sealed (postwarden.held_mail); the store files them unopened
 and opens them only to show or release them.
+
+Stores written by earlier versions kept a user's whole index as one list under
+the bare address (same row format): it is read as it is and rewritten into
+pages by the user's next change.
 """
 
 from __future__ import annotations
@@ -111,7 +115,17 @@ class QuarantineStore:
 
     def _directory(self, recipient: str) -> dict | None:
         value = self._index.get(_dir_key(recipient))
-        return _unpack(value) if value else None
+        if not value:
+            return None
+        directory = _unpack(value)
+        if isinstance(directory, list):  # the earlier one-value layout: one page of all rows
+            return {"lo": 0, "hi": 1, "held": sum(r["st"] == "held" for r in directory),
+                    "last_exp": 0.0, "ordered": False, "legacy": directory}
+        return directory
+
+    def _rows(self, recipient: str, directory: dict, page: int) -> list[dict]:
+        legacy = directory.get("legacy")
+        return legacy if legacy is not None else self._page(recipient, page)
 
     def _page(self, recipient: str, page: int) -> list[dict]:
         value = self._index.get(_page_key(recipient, page))
@@ -119,10 +133,14 @@ class QuarantineStore:
 
     def _locate(self, recipient: str, message_id: str) -> tuple[int, list[dict], dict] | None:
         value = self._index.get(_locator_key(recipient, message_id))
-        if value is None:
-            return None
-        page = _unpack(value)
-        rows = self._page(recipient, page)
+        if value is not None:
+            page = _unpack(value)
+            rows = self._page(recipient, page)
+        else:
+            directory = self._directory(recipient)
+            if directory is None or "legacy" not in directory:
+                return None
+            page, rows = 0, directory["legacy"]
         row = next((r for r in rows if r["id"] == message_id), None)
         return (page, rows, row) if row is not None else None
 
@@ -135,6 +153,26 @@ class QuarantineStore:
     def _drop(self, key: bytes) -> None:
         if key in self._index:
             del self._index[key]
+
+    def _migrate(self, recipient: str) -> None:
+        """Rewrites an index of the earlier one-value layout into pages (before any change)."""
+        directory = self._directory(recipient)
+        if directory is None or "legacy" not in directory:
+            return
+        fresh = {"lo": 0, "hi": 0, "held": 0, "last_exp": 0.0, "ordered": True}
+        rows = directory["legacy"]
+        for chunk in _pages_of(rows):
+            page = fresh["hi"]
+            fresh["hi"] += 1
+            for row in chunk:
+                self._put(_locator_key(recipient, row["id"]), page)
+                fresh["held"] += row["st"] == "held"
+                fresh["ordered"] = fresh["ordered"] and row["exp"] >= fresh["last_exp"]
+                fresh["last_exp"] = max(fresh["last_exp"], row["exp"])
+            self._put(_page_key(recipient, page), chunk)
+        self._drop(_dir_key(recipient))
+        if rows:
+            self._put(_dir_key(recipient), fresh)
 
     def _write_page(self, recipient: str, directory: dict, page: int, rows: list[dict]) -> None:
         """Writes a page (deleting it when empty) and the directory, which forgets leading empty pages."""
@@ -172,7 +210,7 @@ class QuarantineStore:
 
     def _held_rows_newest_first(self, recipient: str, directory: dict) -> Iterator[list[dict]]:
         for page in range(directory["hi"] - 1, directory["lo"] - 1, -1):
-            rows = [r for r in self._page(recipient, page) if r["st"] == "held"]
+            rows = [r for r in self._rows(recipient, directory, page) if r["st"] == "held"]
             if rows:
                 rows.sort(key=lambda r: (r["at"], r["id"]), reverse=True)
                 yield rows
@@ -249,7 +287,7 @@ class QuarantineStore:
             if directory is None:
                 continue
             for page in range(directory["lo"], directory["hi"]):
-                rows = self._page(recipient, page)
+                rows = self._rows(recipient, directory, page)
                 due = [r for r in rows if r["exp"] <= now]
                 yield from ((r["t"], recipient, r["id"]) for r in due)
                 if rows and not due and directory["ordered"]:
@@ -264,6 +302,7 @@ class QuarantineStore:
             log.error("quarantined message refused: malformed id",
                       extra={"message_id": held.message_id[:64], "tenant": held.tenant})
             return False
+        self._migrate(recipient)
         if _locator_key(recipient, held.message_id) in self._index:
             return False
         sealed_index = unpack_sealed(held.index)
@@ -272,7 +311,7 @@ class QuarantineStore:
                                                    "ordered": True}
         page = directory["hi"] - 1
         rows = self._page(recipient, page) if page >= directory["lo"] else []
-        if not rows or len(rows) >= PAGE_ROWS:
+        if not rows or len(rows) >= PAGE_ROWS or len(_pack(rows)) + MAX_ROW_BYTES > MAX_VALUE_BYTES:
             page, rows = directory["hi"], []
             directory["hi"] += 1
         rows.append({"id": held.message_id, "t": held.tenant, "st": "held", "at": held.received_at,
@@ -293,6 +332,7 @@ class QuarantineStore:
         The entry stays (without content) until the retention ends, so a second
         click on a release link can say it was already released.
         """
+        self._migrate(recipient)
         found = self._locate(recipient, message_id)
         if found is not None and found[2]["st"] == "held":
             page, rows, row = found
@@ -303,6 +343,7 @@ class QuarantineStore:
         self._messages.pop(_message_key(recipient, message_id), None)
 
     def expire(self, recipient: str, message_id: str, now: float) -> bool:
+        self._migrate(recipient)
         found = self._locate(recipient, message_id)
         if found is None or found[2]["exp"] > now:
             return False
@@ -323,13 +364,27 @@ class QuarantineStore:
             return 0
         removed = 0
         for page in range(directory["lo"], directory["hi"]):
-            for row in self._page(recipient, page):
+            for row in self._rows(recipient, directory, page):
                 self._drop(_locator_key(recipient, row["id"]))
                 self._messages.pop(_message_key(recipient, row["id"]), None)
                 removed += 1
             self._drop(_page_key(recipient, page))
         self._drop(_dir_key(recipient))
         return removed
+
+
+def _pages_of(rows: list[dict]) -> Iterator[list[dict]]:
+    """Earlier rows in pages within both bounds; index fields too large for any page are dropped."""
+    page: list[dict] = []
+    for row in rows:
+        if len(_pack([row])) > MAX_VALUE_BYTES:
+            row = {**row, "m": None}
+        if page and (len(page) >= PAGE_ROWS or len(_pack([*page, row])) > MAX_VALUE_BYTES):
+            yield page
+            page = []
+        page.append(row)
+    if page:
+        yield page
 
 
 _META_FIELDS = {f for f in Entry.__dataclass_fields__} - {"message_id", "status", "received_at", "expires_at"}

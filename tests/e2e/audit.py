@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from postwarden import internal_api
-from postwarden.keyring import Keyring
 from postwarden.held_mail import HeldMessage
+from postwarden.keyring import Keyring
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, QUARANTINE
 from tests.conftest import ARTIFACTS, REPO

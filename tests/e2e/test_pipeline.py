@@ -11,8 +11,8 @@ import urllib.request
 
 import pytest
 
-from postwarden.local_services import free_port
 from postwarden.held_mail import HeldMessage
+from postwarden.local_services import free_port
 from postwarden.records import RoutedMessage
 from sinks.stats_store import EmbeddedStatsStore, ServerStatsStore
 from tests.conftest import REPO, service_env, wait_http_ok

@@ -8,12 +8,19 @@ from email import policy
 import pytest
 
 from postwarden.config import TenantsFile
-from postwarden.keyring import Keyring, new_master_key
 from postwarden.held_mail import seal_held
+from postwarden.keyring import Keyring, new_master_key
 from postwarden.records import RoutedMessage
 from postwarden.sealing import Sealer
 from postwarden.signed_links import LinkError, verify
-from sinks.digest import DigestState, build_digest, due_entries, entry
+from sinks.digest import (
+    MAX_PENDING,
+    DigestState,
+    build_digest,
+    due_entries,
+    entry,
+    with_pending,
+)
 from sinks.dsn import build_dsn
 from sinks.generated_mail import HeldSummary, held_summary
 from sinks.virus_alert import build_alert
@@ -159,3 +166,17 @@ def test_digest_is_due_at_slot_boundaries_for_mail_held_before_them():
     sent = DigestState("ann@acme.test", "acme", state.pending, last_slot=start // day + 1)
     assert due_entries(sent, day, start + day + 50) == []  # one digest per slot
     assert DigestState.decode(sent.encode()) == sent
+
+
+def test_digest_state_stays_bounded_and_counts_what_it_dropped(keyring):
+    start = 20_000 * 86400
+    state = DigestState("ann@acme.test", "acme")
+    e = entry(summary("m"))
+    for i in range(MAX_PENDING + 50):
+        state = with_pending(state, {**e, "m": f"m{i}", "q": start + i}, offset=i)
+    assert len(state.pending) == MAX_PENDING and state.unlisted == 50
+    assert state.pending[0]["m"] == "m50" and state.source_offset == MAX_PENDING + 49
+    raw = build_digest(tenant(), "ann@acme.test", due_entries(state, 86400, start + 86400), 1,
+                       "postmaster@gw.test", "gw.test", "https://mc.test", keyring, NOW, state.unlisted)
+    text, _ = alternative_texts(parse(raw))
+    assert f"{MAX_PENDING + 50} messages" in text and "...and 50 more." in text

@@ -7,11 +7,17 @@ import logging
 import msgpack
 import pytest
 
-from postwarden.held_mail import INDEX_MAX_BYTES, HeldMessage, seal_held
+from postwarden.held_mail import INDEX_MAX_BYTES, seal_held
 from postwarden.keyring import Keyring, new_master_key
 from postwarden.records import RoutedMessage
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
-from streams.quarantine_store import DAY, MAX_VALUE_BYTES, PAGE_ROWS, NotFound, QuarantineStore
+from streams.quarantine_store import (
+    DAY,
+    MAX_VALUE_BYTES,
+    PAGE_ROWS,
+    NotFound,
+    QuarantineStore,
+)
 
 RAW = (b"From: Promo <promo@shop.example>\r\nSubject: =?utf-8?q?Gro=C3=9Fe_Sale?=\r\n\r\n"
        b"SECRET-BODY-TEXT buy now\r\n")
@@ -228,3 +234,22 @@ def test_pages_emptied_in_the_middle_are_skipped_and_a_shorter_retention_is_stil
         store.expire("ann@example.com", f"m{i:03d}", now=10**9)
     store.expire("ann@example.com", "short", now=10**9)
     assert index == {}  # an empty user leaves nothing behind, directory included
+
+
+def test_an_index_of_the_earlier_one_value_layout_is_read_and_rewritten_into_pages(ring):
+    store, index, messages = make(ring)
+    for i in range(60):
+        store.hold(routed(f"m{i:02d}", received_at=float(i)), 14, now=float(i))
+    rows = [row for page in range(3) for row in msgpack.unpackb(index[f"ann@example.com\0p{page}".encode()])]
+    index.clear()
+    index[b"ann@example.com"] = msgpack.packb(rows)  # what earlier versions stored
+    assert store.count("ann@example.com") == 60
+    assert held_ids(store, "ann@example.com")[:2] == ["m59", "m58"]
+    assert store.message("ann@example.com", "m10")[1] == RAW
+    store.close("ann@example.com", "m10", "deleted")  # the first change rewrites it
+    assert isinstance(msgpack.unpackb(index[b"ann@example.com"]), dict)
+    assert store.find("ann@example.com", "m10").status == "deleted" and store.count("ann@example.com") == 59
+    assert store.listing("ann@example.com", offset=58, limit=5)[1][0].message_id == "m00"
+    assert store.add(seal_held(Sealer(ring), routed("m60", received_at=60.0)), 14, now=60.0)
+    assert [d[2] for d in store.due(14 * DAY + 1.5)] == ["m00", "m01"]
+    assert store.purge("ann@example.com") == 61 and index == {} and messages == {}
