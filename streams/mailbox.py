@@ -139,6 +139,7 @@ def apply_user_command(cmd: UserCommand, now: float) -> dict:
 
 
 async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
+    store.settle(cmd.recipient)
     if cmd.op == "expire":
         return {"status": "expired" if store.expire(cmd.recipient, cmd.message_id, now) else "kept"}
     try:

@@ -174,20 +174,6 @@ class QuarantineStore:
         if rows:
             self._put(_dir_key(recipient), fresh)
 
-    def _write_page(self, recipient: str, directory: dict, page: int, rows: list[dict]) -> None:
-        """Writes a page (deleting it when empty) and the directory, which forgets leading empty pages."""
-        if rows:
-            self._put(_page_key(recipient, page), rows)
-        else:
-            self._drop(_page_key(recipient, page))
-            # Each page number is passed over once in the user's lifetime: O(1) amortized.
-            while directory["lo"] < directory["hi"] and _page_key(recipient, directory["lo"]) not in self._index:
-                directory["lo"] += 1
-        if directory["lo"] == directory["hi"]:
-            self._drop(_dir_key(recipient))
-        else:
-            self._put(_dir_key(recipient), directory)
-
     # -- reading ----------------------------------------------------------------------
 
     def _entry(self, recipient: str, row: dict) -> Entry:
@@ -294,6 +280,56 @@ class QuarantineStore:
                     break
 
     # -- changes (inside stream processing) -----------------------------------------------
+    #
+    # A change rewrites up to three index values (page, locator, directory). Its outcome is
+    # first written into the directory as an intent, then applied, then the directory is
+    # written without it: a worker killed in between leaves the intent, and the user's next
+    # change (the replay of the interrupted one comes first) finishes it before anything else.
+
+    def settle(self, recipient: str) -> None:
+        """Finishes a change of this user that a stopped worker left halfway."""
+        self._settled(recipient)
+
+    def _settled(self, recipient: str) -> dict | None:
+        self._migrate(recipient)
+        directory = self._directory(recipient)
+        if directory is not None and "intent" in directory:
+            self._apply(recipient, directory)
+            directory = self._directory(recipient)
+        return directory
+
+    def _change(self, recipient: str, directory: dict, intent: dict) -> None:
+        directory = {**directory, "intent": intent}
+        self._put(_dir_key(recipient), directory)
+        self._apply(recipient, directory)
+
+    def _apply(self, recipient: str, directory: dict) -> None:
+        """Brings page and locator to what the directory's intent says (idempotent), then clears it."""
+        intent = directory.pop("intent", None) or {}
+        op, mid, page = intent.get("op"), intent.get("id"), intent.get("page")
+        rows = self._page(recipient, page) if op else []
+        if op == "add":
+            if not any(r["id"] == mid for r in rows):
+                rows.append(intent["row"])
+            self._put(_page_key(recipient, page), rows)
+            self._put(_locator_key(recipient, mid), page)
+        elif op == "close":
+            for row in rows:
+                if row["id"] == mid:
+                    row["st"], row["m"] = intent["status"], None
+            if rows:
+                self._put(_page_key(recipient, page), rows)
+        elif op == "expire":
+            rows = [r for r in rows if r["id"] != mid]
+            if rows:
+                self._put(_page_key(recipient, page), rows)
+            else:
+                self._drop(_page_key(recipient, page))
+            self._drop(_locator_key(recipient, mid))
+        if directory["lo"] < directory["hi"]:
+            self._put(_dir_key(recipient), directory)
+        else:
+            self._drop(_dir_key(recipient))
 
     def add(self, held: HeldMessage, retention_days: int, now: float) -> bool:
         """Files a sealed quarantined message; False if it is already there (replay) or unfit."""
@@ -302,27 +338,24 @@ class QuarantineStore:
             log.error("quarantined message refused: malformed id",
                       extra={"message_id": held.message_id[:64], "tenant": held.tenant})
             return False
-        self._migrate(recipient)
+        directory = self._settled(recipient)
         if _locator_key(recipient, held.message_id) in self._index:
             return False
-        sealed_index = unpack_sealed(held.index)
+        directory = directory or {"lo": 0, "hi": 0, "held": 0, "last_exp": 0.0, "ordered": True}
         expires = now + retention_days * DAY
-        directory = self._directory(recipient) or {"lo": 0, "hi": 0, "held": 0, "last_exp": 0.0,
-                                                   "ordered": True}
         page = directory["hi"] - 1
         rows = self._page(recipient, page) if page >= directory["lo"] else []
         if not rows or len(rows) >= PAGE_ROWS or len(_pack(rows)) + MAX_ROW_BYTES > MAX_VALUE_BYTES:
-            page, rows = directory["hi"], []
+            page = directory["hi"]
             directory["hi"] += 1
-        rows.append({"id": held.message_id, "t": held.tenant, "st": "held", "at": held.received_at,
-                     "exp": expires, "m": sealed_index})
+        row = {"id": held.message_id, "t": held.tenant, "st": "held", "at": held.received_at,
+               "exp": expires, "m": unpack_sealed(held.index)}
         # A shortened retention makes expiry times go down: the sweep then reads every page.
         directory["ordered"] = directory["ordered"] and expires >= directory["last_exp"]
         directory["last_exp"] = max(directory["last_exp"], expires)
         directory["held"] += 1
         self._messages[_message_key(recipient, held.message_id)] = held.body
-        self._put(_locator_key(recipient, held.message_id), page)
-        self._write_page(recipient, directory, page, rows)
+        self._change(recipient, directory, {"op": "add", "id": held.message_id, "page": page, "row": row})
         STORED.inc()
         return True
 
@@ -332,39 +365,41 @@ class QuarantineStore:
         The entry stays (without content) until the retention ends, so a second
         click on a release link can say it was already released.
         """
-        self._migrate(recipient)
+        directory = self._settled(recipient)
         found = self._locate(recipient, message_id)
-        if found is not None and found[2]["st"] == "held":
-            page, rows, row = found
-            row["st"], row["m"] = status, None
-            directory = self._directory(recipient)
+        if directory is not None and found is not None and found[2]["st"] == "held":
             directory["held"] -= 1
-            self._write_page(recipient, directory, page, rows)
+            self._change(recipient, directory, {"op": "close", "id": message_id, "page": found[0],
+                                                "status": status})
         self._messages.pop(_message_key(recipient, message_id), None)
 
     def expire(self, recipient: str, message_id: str, now: float) -> bool:
-        self._migrate(recipient)
+        directory = self._settled(recipient)
         found = self._locate(recipient, message_id)
-        if found is None or found[2]["exp"] > now:
+        if directory is None or found is None or found[2]["exp"] > now:
             return False
         page, rows, row = found
-        directory = self._directory(recipient)
         if row["st"] == "held":
             directory["held"] -= 1
-        self._drop(_locator_key(recipient, message_id))
+        if len(rows) == 1:
+            # The page goes: the directory forgets leading pages that are gone, each page
+            # number once in the user's lifetime (O(1) amortized).
+            while directory["lo"] < directory["hi"] and (
+                    directory["lo"] == page or _page_key(recipient, directory["lo"]) not in self._index):
+                directory["lo"] += 1
         self._messages.pop(_message_key(recipient, message_id), None)
-        self._write_page(recipient, directory, page, [r for r in rows if r is not row])
+        self._change(recipient, directory, {"op": "expire", "id": message_id, "page": page})
         EXPIRED.inc()
         return True
 
     def purge(self, recipient: str) -> int:
         """Removes everything of a user (their account was removed); returns the entries removed."""
-        directory = self._directory(recipient)
+        directory = self._settled(recipient)
         if directory is None:
             return 0
         removed = 0
         for page in range(directory["lo"], directory["hi"]):
-            for row in self._rows(recipient, directory, page):
+            for row in self._page(recipient, page):
                 self._drop(_locator_key(recipient, row["id"]))
                 self._messages.pop(_message_key(recipient, row["id"]), None)
                 removed += 1
