@@ -27,12 +27,7 @@ from dashboards.macros import expand
 from postwarden.config import Settings, load_settings
 from postwarden.process_lifecycle import stop_on_signals
 from sinks import overview_charts
-from sinks.operator_login import (
-    Sessions,
-    check_hash_format,
-    hash_password,
-    verify_password,
-)
+from sinks.operator_login import Sessions, check_hash_format, hash_password, verify_password
 from sinks.stats_store import DATABASE, StatsStore, StoreError
 
 COOKIE = "pw_operator"

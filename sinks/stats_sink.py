@@ -23,9 +23,9 @@ from prometheus_client import Counter, Gauge
 from postwarden.config import Settings
 from postwarden.health import HealthServer
 from postwarden.kafka_security import client_kwargs
-from postwarden.process_lifecycle import stop_on_signals
 from postwarden.records import RecordError, StatsWindow
 from postwarden.topics import STATS
+from postwarden.process_lifecycle import stop_on_signals
 from sinks.stats_store import DATABASE, StatsStore, StoreError, WindowRows, open_store
 from streams.stats_windows import StatsWindows
 

@@ -23,15 +23,8 @@ from postwarden.held_mail import HeldMessage
 from postwarden.records import RoutedMessage, StatsEvent, _Record, verdict_label
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import (
-    DELIVER,
-    EVENTS,
-    QUARANTINE,
-    QUARANTINE_ACTIONS,
-    QUARANTINE_INDEX_CHANGELOG,
-    QUARANTINE_STORE_CHANGELOG,
-    USER_SETTINGS,
-    USERS_CHANGELOG,
-    TopicSpec,
+    DELIVER, EVENTS, QUARANTINE, QUARANTINE_ACTIONS, QUARANTINE_INDEX_CHANGELOG,
+    QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
 from streams.app import app, decoded, settings, topic

@@ -24,16 +24,11 @@ from prometheus_client import Counter
 
 from postwarden import internal_api
 from postwarden.passwords import hash_password, verify_password
-from postwarden.sealing import RetiredKeyError, TamperedError
 from postwarden.users import SettingsError, UserCommand, effective, normalize_address
 from streams.app import app, settings
+from postwarden.sealing import RetiredKeyError, TamperedError
 from streams.mailbox import (
-    QUARANTINE_OPS,
-    new_quarantine_command,
-    store,
-    submit,
-    tenants,
-    user_record,
+    QUARANTINE_OPS, new_quarantine_command, store, submit, tenants, user_record,
 )
 from streams.quarantine_store import NotFound, entry_json
 

@@ -14,7 +14,7 @@ import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
-from email.utils import getaddresses, mktime_tz, parsedate_tz
+from email.utils import getaddresses, parsedate_tz, mktime_tz
 from typing import ClassVar
 
 from streams.attachment_policy import AttachmentReport

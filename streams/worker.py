@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+
 # Faust's --loglevel takes its own names.
 FAUST_LOGLEVELS = {"DEBUG": "debug", "INFO": "info", "WARNING": "warn", "ERROR": "error"}
 

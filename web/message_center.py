@@ -24,13 +24,7 @@ from aiohttp import web
 from postwarden import signed_links
 from postwarden.config import AGGRESSIVENESS_LEVELS, Settings, Tenants
 from postwarden.keyring import Keyring
-from postwarden.passwords import (
-    MAX_LENGTH,
-    MIN_LENGTH,
-    PasswordError,
-    check_policy,
-    hash_password,
-)
+from postwarden.passwords import MAX_LENGTH, MIN_LENGTH, PasswordError, check_policy, hash_password
 from postwarden.users import SettingsError, normalize_address, normalize_sender_entry
 from web import safe_view, sessions
 from web.mailbox_client import MailboxClient, MailboxUnavailable, SessionEnded

@@ -11,13 +11,7 @@ from postwarden.held_mail import INDEX_MAX_BYTES, seal_held
 from postwarden.keyring import Keyring, new_master_key
 from postwarden.records import RoutedMessage
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
-from streams.quarantine_store import (
-    DAY,
-    MAX_VALUE_BYTES,
-    PAGE_ROWS,
-    NotFound,
-    QuarantineStore,
-)
+from streams.quarantine_store import DAY, MAX_VALUE_BYTES, PAGE_ROWS, NotFound, QuarantineStore
 
 RAW = (b"From: Promo <promo@shop.example>\r\nSubject: =?utf-8?q?Gro=C3=9Fe_Sale?=\r\n\r\n"
        b"SECRET-BODY-TEXT buy now\r\n")
