@@ -21,7 +21,7 @@ from typing import Any
 
 import msgpack
 
-from postwarden.records import RoutedMessage, _Record
+from postwarden.records import RecordError, RoutedMessage, _Record
 from postwarden.sealing import Sealer
 
 # Byte budgets of the index fields (UTF-8): together at most INDEX_MAX_BYTES packed.
@@ -109,6 +109,18 @@ def seal_held(sealer: Sealer, routed: RoutedMessage) -> HeldMessage:
     body = seal(routed.tenant, routed.recipient, routed.message_id, "body", routed.raw)
     return HeldMessage(routed.message_id, routed.tenant, routed.recipient, routed.reason, routed.received_at,
                        msgpack.packb(index, use_bin_type=True), msgpack.packb(body, use_bin_type=True))
+
+
+def decode_held(sealer: Sealer, value: bytes) -> HeldMessage:
+    """A mail.quarantine record; one written in clear by an earlier policy agent is sealed here,
+    so mail in flight during an upgrade is kept. Raises RecordError."""
+    try:
+        return HeldMessage.decode(value)
+    except RecordError:
+        try:
+            return seal_held(sealer, RoutedMessage.decode(value))
+        except RecordError:
+            raise RecordError("neither a HeldMessage nor an earlier RoutedMessage") from None
 
 
 def open_index(sealer: Sealer, tenant: str, recipient: str, message_id: str, sealed: Any) -> dict:

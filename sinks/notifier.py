@@ -26,7 +26,7 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
-from postwarden.held_mail import HeldMessage
+from postwarden.held_mail import decode_held
 from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
 from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
@@ -115,7 +115,7 @@ class Notifier:
 
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
         try:
-            record = HeldMessage.decode(value)
+            record = decode_held(self.sealer, value)
             held = held_summary(self.sealer, record)
         except (RecordError, TamperedError, RetiredKeyError) as exc:
             log.error("skipping unreadable held message", extra={

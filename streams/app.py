@@ -8,7 +8,7 @@ building it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
 import faust
@@ -16,11 +16,11 @@ from faust.transport.drivers import aiokafka as kafka_driver
 
 from postwarden.config import load_settings
 from postwarden.kafka_security import faust_credentials
-from postwarden.records import RecordError, _Record
+from postwarden.records import RecordError
 from postwarden.topics import TopicSpec
 
 log = logging.getLogger(__name__)
-R = TypeVar("R", bound=_Record)
+R = TypeVar("R")
 
 settings = load_settings()
 
@@ -95,12 +95,13 @@ def topic(spec: TopicSpec) -> faust.TopicT:
                      partitions=settings.topic_partitions)
 
 
-async def decoded(stream: AsyncIterable[bytes], record: type[R], what: str) -> AsyncIterator[R]:
-    """The stream's values as records; one that does not decode is logged and skipped,
+async def decoded(stream: AsyncIterable[bytes], decode: Callable[[bytes], R],
+                  what: str) -> AsyncIterator[R]:
+    """The stream's values decoded; one that does not decode is logged and skipped,
     since replaying it would only fail again (its offset is committed like any other)."""
     async for value in stream:
         try:
-            item = record.decode(value)
+            item = decode(value)
         except RecordError as exc:
             log.error(f"skipping undecodable {what}", extra={"reason": str(exc)})
             continue

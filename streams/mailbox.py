@@ -14,12 +14,13 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 
 import faust
 from faust.types import TP
 from prometheus_client import Counter
 
-from postwarden.held_mail import HeldMessage
+from postwarden.held_mail import decode_held
 from postwarden.records import RoutedMessage, StatsEvent, _Record, verdict_label
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import (
@@ -81,7 +82,8 @@ deliver_topic = topic(DELIVER)
 events_topic = topic(EVENTS)
 
 tenants = settings.tenants()
-store = QuarantineStore(quarantine_index, quarantine_messages, Sealer(settings.keyring()))
+sealer = Sealer(settings.keyring())
+store = QuarantineStore(quarantine_index, quarantine_messages, sealer)
 
 # command id -> future of its outcome, for web requests served by this worker.
 _waiting: dict[str, asyncio.Future] = {}
@@ -173,7 +175,7 @@ async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
 
 @app.agent(user_settings_topic)
 async def user_changes(stream):
-    async for cmd in decoded(stream, UserCommand, "user command"):
+    async for cmd in decoded(stream, UserCommand.decode, "user command"):
         outcome = apply_user_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("user command applied", extra={"tenant": cmd.tenant, "status": outcome["status"],
@@ -183,7 +185,7 @@ async def user_changes(stream):
 
 @app.agent(quarantine_actions_topic)
 async def quarantine_actions(stream):
-    async for cmd in decoded(stream, QuarantineCommand, "quarantine command"):
+    async for cmd in decoded(stream, QuarantineCommand.decode, "quarantine command"):
         outcome = await apply_quarantine_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("quarantine command applied", extra={
@@ -195,7 +197,7 @@ async def quarantine_actions(stream):
 @app.agent(quarantine_topic)
 async def quarantine_store(stream):
     """Files every quarantined message, sealed by the policy agent, in the store (idempotent on replay)."""
-    async for held in decoded(stream, HeldMessage, "quarantined message"):
+    async for held in decoded(stream, partial(decode_held, sealer), "quarantined message"):
         tenant = tenants.get(held.tenant)
         retention = tenant.quarantine_retention_days if tenant else 14
         if store.add(held, retention, time.time()):

@@ -45,7 +45,7 @@ def route(verdict: Verdict) -> tuple[str, str]:
 
 @app.agent(verdicts)
 async def policy(stream):
-    async for verdict in decoded(stream, Verdict, "verdict"):
+    async for verdict in decoded(stream, Verdict.decode, "verdict"):
         if verdict.recipient != verdict.recipient.lower():
             # Per-user state is keyed by the lowercased address: move the verdict to that
             # key's partition first, where the user's settings and quarantine live.

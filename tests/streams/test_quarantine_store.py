@@ -7,9 +7,9 @@ import logging
 import msgpack
 import pytest
 
-from postwarden.held_mail import INDEX_MAX_BYTES, seal_held
+from postwarden.held_mail import INDEX_MAX_BYTES, decode_held, seal_held
 from postwarden.keyring import Keyring, new_master_key
-from postwarden.records import RoutedMessage
+from postwarden.records import RecordError, RoutedMessage
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from streams.quarantine_store import DAY, MAX_VALUE_BYTES, PAGE_ROWS, NotFound, QuarantineStore
 
@@ -305,3 +305,14 @@ def test_a_change_interrupted_after_any_write_is_finished_by_the_next_one(ring):
             assert dict(index) == expected._index, (name, budget)
             assert store._messages == expected._messages, (name, budget)
             assert store.listing("ann@example.com")[0] == expected.count("ann@example.com")
+
+
+def test_held_mail_written_in_clear_before_an_upgrade_is_sealed_on_arrival(ring):
+    store, index, messages = make(ring)
+    sealer = Sealer(ring)
+    assert store.add(decode_held(sealer, routed("old").encode()), 14, now=1000.0)  # earlier format
+    assert store.add(decode_held(sealer, seal_held(sealer, routed("new")).encode()), 14, now=1000.0)
+    assert store.message("ann@example.com", "old")[1] == RAW
+    assert b"SECRET-BODY-TEXT" not in b"".join(messages.values())
+    with pytest.raises(RecordError):
+        decode_held(sealer, b"\x93not a record")
