@@ -56,6 +56,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition  # noqa: E402
 from postwarden.local_services import (  # noqa: E402
     ClickHouseServer, Tansu, free_port, stop_pid, wait_for_port,
 )
+from postwarden.held_mail import HeldMessage  # noqa: E402
 from postwarden.records import RecordError, RoutedMessage  # noqa: E402
 from postwarden.topics import DELIVER, DELIVERED, QUARANTINE, create_topics  # noqa: E402
 from sinks.delivery_log import DeliveryOutcome, log_key  # noqa: E402
@@ -337,12 +338,14 @@ class Collector:
             if outcome.at >= self.since:
                 (self.delivered if outcome.outcome == "delivered" else self.bounced)[r.key.decode()] = outcome.at
             return
-        routed = RoutedMessage.decode(r.value)
+        # Held mail is sealed on mail.quarantine; its clear fields are enough here.
+        routed = (HeldMessage if topic == QUARANTINE.name else RoutedMessage).decode(r.value)
         if routed.received_at < self.since:
             return
         key = log_key(routed.message_id, routed.recipient)
-        self.routed[key] = (routed.received_at, r.timestamp / 1000, routed.action)
-        if routed.action == "deliver":
+        action = "quarantine" if topic == QUARANTINE.name else "deliver"
+        self.routed[key] = (routed.received_at, r.timestamp / 1000, action)
+        if action == "deliver":
             self.to_deliver.add(key)
 
     def routed_latencies(self) -> list[float]:

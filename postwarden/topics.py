@@ -55,7 +55,7 @@ DELIVER = TopicSpec(
     7 * DAY_MS, "clean mail waiting for delivery downstream",
 )
 QUARANTINE = TopicSpec(
-    "mail.quarantine", "recipient address", "RoutedMessage (msgpack)",
+    "mail.quarantine", "recipient address", "HeldMessage (msgpack; message and index entry sealed)",
     14 * DAY_MS, "held mail for the quarantine store",
 )
 NOTIFY = TopicSpec(
@@ -89,7 +89,8 @@ USERS_CHANGELOG = TopicSpec(
     10 * 365 * DAY_MS, "changelog of the users table", {"cleanup.policy": "compact"},
 )
 QUARANTINE_INDEX_CHANGELOG = TopicSpec(
-    "mail.quarantine-index-changelog", "recipient address", "sealed index entries (msgpack)",
+    "mail.quarantine-index-changelog", "recipient address [NUL page | NUL message id]",
+    "per-user directory, pages of sealed index entries, locators (msgpack)",
     10 * 365 * DAY_MS, "changelog of the per-user quarantine index", {"cleanup.policy": "compact"},
 )
 QUARANTINE_STORE_CHANGELOG = TopicSpec(

@@ -17,11 +17,14 @@ from typing import Any
 
 from postwarden.config import Tenant
 from postwarden.keyring import Keyring
-from postwarden.records import RoutedMessage, _Record
+from postwarden.records import _Record
 from postwarden.signed_links import sign
-from sinks.generated_mail import HeaderSummary, alternative, derived_id, format_time
+from sinks.generated_mail import HeldSummary, alternative, derived_id, format_time
 
 MAX_LISTED = 200
+# Pending entries kept per user: the state is rewritten at every held message, so it must stay
+# small however much mail a user gets; older entries beyond it are only counted.
+MAX_PENDING = MAX_LISTED
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,12 +36,20 @@ class DigestState(_Record):
     pending: list[dict[str, Any]] = field(default_factory=list)  # see entry()
     last_slot: int = -1  # slot number of the last digest sent
     source_offset: int = -1  # last mail.quarantine offset applied (replays below it are no-ops)
+    unlisted: int = 0  # held since the last digest but dropped from pending (MAX_PENDING)
 
 
-def entry(held: RoutedMessage) -> dict[str, Any]:
-    h = HeaderSummary(held.raw)
-    return {"m": held.message_id, "s": h.sender, "j": h.subject, "d": h.date,
-            "c": round(held.spam_score, 1), "q": held.received_at}
+def with_pending(state: DigestState, new: dict[str, Any], offset: int) -> DigestState:
+    """The state with one more held message, within MAX_PENDING entries (the oldest are counted)."""
+    pending = sorted([*state.pending, new], key=lambda e: e["q"])
+    dropped = max(0, len(pending) - MAX_PENDING)
+    return DigestState(state.recipient, state.tenant, pending[dropped:], state.last_slot, offset,
+                       state.unlisted + dropped)
+
+
+def entry(held: HeldSummary) -> dict[str, Any]:
+    return {"m": held.message_id, "s": held.sender, "j": held.subject, "d": held.date,
+            "c": round(held.score, 1), "q": held.received_at}
 
 
 def slot_of(ts: float, interval: int) -> int:
@@ -71,15 +82,15 @@ def open_url(public_url: str, keyring: Keyring, tenant: str, recipient: str, ttl
 
 def build_digest(tenant: Tenant, recipient: str, entries: list[dict[str, Any]], slot: int,
                  sender: str, hostname: str, public_url: str, keyring: Keyring,
-                 now: float) -> bytes:
+                 now: float, unlisted: int = 0) -> bytes:
     if not entries:
         raise ValueError("no digest without held mail")
     # Links live as long as the held mail they point at.
     ttl = tenant.quarantine_retention_days * 86400.0
     links = tenant.digest.links
     listed = sorted(entries, key=lambda e: e["q"], reverse=True)[:MAX_LISTED]
-    more = len(entries) - len(listed)
-    n = len(entries)
+    n = len(entries) + unlisted
+    more = n - len(listed)
     intro = f"{n} message{'s' if n != 1 else ''} addressed to you {'were' if n != 1 else 'was'} " \
             "held in quarantine since your last summary."
     text_rows, html_rows = [], []

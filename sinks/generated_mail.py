@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import time
-from email.message import EmailMessage, Message
-from email.parser import BytesHeaderParser
-from email.policy import SMTP, compat32
+from dataclasses import dataclass
 from datetime import datetime, timezone
-from email.utils import format_datetime, getaddresses, parsedate_to_datetime
+from email.message import EmailMessage, Message
+from email.policy import SMTP
+from email.utils import format_datetime, getaddresses
 
+from postwarden.held_mail import HeldMessage, open_index, unpack_sealed
 from postwarden.records import RoutedMessage
+from postwarden.sealing import Sealer
 
 
 def derived_id(*parts: str) -> str:
@@ -56,42 +58,37 @@ def routed(tenant: str, recipient: str, raw: bytes, message_id: str, reason: str
     )
 
 
-class HeaderSummary:
-    """Sender, subject and date of a message, read from its headers only (never the body)."""
+@dataclass(frozen=True)
+class HeldSummary:
+    """What a notice may say about held mail: from its sealed index entry, never its content."""
 
-    __slots__ = ("sender", "subject", "date")
-
-    def __init__(self, raw: bytes) -> None:
-        head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
-        headers = BytesHeaderParser(policy=compat32).parsebytes(head + b"\r\n\r\n")
-        self.sender = _decoded(headers.get("From", ""))
-        addresses = getaddresses([self.sender]) if self.sender else []
-        if addresses and addresses[0][1]:
-            name, addr = addresses[0]
-            self.sender = f"{name} <{addr}>" if name else addr
-        self.subject = _decoded(headers.get("Subject", "")) or "(no subject)"
-        self.date = _date(headers.get("Date"))
+    message_id: str
+    tenant: str
+    recipient: str
+    received_at: float
+    sender: str
+    subject: str
+    date: float | None
+    score: float
+    virus: str | None
 
 
-def _decoded(value: object) -> str:
-    from email.header import decode_header, make_header
+def held_summary(sealer: Sealer, held: HeldMessage) -> HeldSummary:
+    """Opens the index entry of a held message; raises TamperedError / RetiredKeyError."""
+    meta = open_index(sealer, held.tenant, held.recipient, held.message_id, unpack_sealed(held.index))
+    sender = _one_line(meta.get("from_header", ""))
+    addresses = getaddresses([sender]) if sender else []
+    if addresses and addresses[0][1]:
+        name, addr = addresses[0]
+        sender = f"{name} <{addr}>" if name else addr
+    return HeldSummary(held.message_id, held.tenant, held.recipient, held.received_at, sender,
+                       _one_line(meta.get("subject", "")) or "(no subject)", meta.get("date"),
+                       float(meta.get("score", 0.0)), meta.get("virus"))
 
-    text = str(value or "")
-    try:
-        text = str(make_header(decode_header(text)))
-    except Exception:
-        pass
-    # Folded or hostile headers must not break the generated mail's structure.
-    return " ".join(text.split())[:300]
 
-
-def _date(value: object) -> float | None:
-    if not value:
-        return None
-    try:
-        return parsedate_to_datetime(str(value)).timestamp()
-    except (TypeError, ValueError, IndexError):
-        return None
+def _one_line(value: object) -> str:
+    # Index fields are decoded already; hostile ones must not break the generated mail's structure.
+    return " ".join(str(value or "").split())[:300]
 
 
 def format_time(ts: float | None) -> str:

@@ -26,10 +26,12 @@ from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
 from postwarden.config import Settings, Tenants
+from postwarden.held_mail import decode_held
 from postwarden.kafka_security import client_kwargs
 from postwarden.keyring import Keyring
 from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
-from postwarden.records import RecordError, RoutedMessage
+from postwarden.records import RecordError
+from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import DELIVER, DIGEST_STATE, QUARANTINE
 from sinks.digest import (
     DigestState,
@@ -38,7 +40,9 @@ from sinks.digest import (
     due_entries,
     entry,
     slot_of,
+    with_pending,
 )
+from sinks.generated_mail import held_summary
 from sinks.generated_mail import routed as generated
 from sinks.kafka_output import send_until_acked
 from sinks.virus_alert import alert_message_id, build_alert
@@ -57,6 +61,7 @@ class Notifier:
         self.settings = settings
         self.tenants = tenants or settings.tenants()
         self.keyring = keyring or settings.keyring()
+        self.sealer = Sealer(self.keyring)
         self.clock = clock
         self.group_id = group_id or f"{settings.app_id}-notifier"
         self.states: dict[int, dict[str, DigestState]] = {}
@@ -110,10 +115,11 @@ class Notifier:
 
     async def _apply(self, partition: int, offset: int, value: bytes) -> None:
         try:
-            held = RoutedMessage.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable record", extra={"partition": partition,
-                                                             "offset": offset, "reason": str(exc)})
+            record = decode_held(self.sealer, value)
+            held = held_summary(self.sealer, record)
+        except (RecordError, TamperedError, RetiredKeyError) as exc:
+            log.error("skipping unreadable held message", extra={
+                "partition": partition, "offset": offset, "reason": type(exc).__name__})
             return
         tenant = self.tenants.get(held.tenant)
         if tenant is None:
@@ -132,8 +138,7 @@ class Notifier:
         state = self.states[partition].get(held.recipient) or DigestState(held.recipient, held.tenant)
         if offset <= state.source_offset:
             return  # replayed after a crash; already applied
-        state = DigestState(held.recipient, held.tenant, [*state.pending, entry(held)],
-                            state.last_slot, offset)
+        state = with_pending(state, entry(held), offset)
         await self._save(partition, state)
 
     async def tick(self) -> None:
@@ -156,7 +161,8 @@ class Notifier:
             return
         slot = slot_of(now, interval)
         raw = build_digest(tenant, state.recipient, entries, slot, self.settings.notify_from,
-                           self.settings.smtp_hostname, self.settings.public_url, self.keyring, now)
+                           self.settings.smtp_hostname, self.settings.public_url, self.keyring, now,
+                           state.unlisted)
         digest = generated(tenant.id, state.recipient, raw,
                            digest_message_id(tenant.id, state.recipient, slot), "digest", now)
         # Digest first, state second: a crash in between re-sends the same digest id,

@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import html
 
-from postwarden.records import RoutedMessage
-from sinks.generated_mail import HeaderSummary, alternative, derived_id, format_time
+from sinks.generated_mail import HeldSummary, alternative, derived_id, format_time
 
 
-def alert_message_id(held: RoutedMessage) -> str:
+def alert_message_id(held: HeldSummary) -> str:
     return derived_id("virus-alert", held.message_id, held.recipient)
 
 
-def build_alert(held: RoutedMessage, sender: str, hostname: str, now: float) -> bytes:
+def build_alert(held: HeldSummary, sender: str, hostname: str, now: float) -> bytes:
     if not held.virus:
         raise ValueError("virus alerts are only for mail held for a virus")
-    h = HeaderSummary(held.raw)
-    rows = [("From", h.sender or "(unknown sender)"), ("Subject", h.subject),
-            ("Date", format_time(h.date or held.received_at)), ("Virus", held.virus)]
+    rows = [("From", held.sender or "(unknown sender)"), ("Subject", held.subject),
+            ("Date", format_time(held.date or held.received_at)), ("Virus", held.virus)]
     text = ("A message sent to you contained a virus and was not delivered.\n\n"
             + "".join(f"    {k + ':':9} {v}\n" for k, v in rows)
             + "\nIt is kept in quarantine and will be deleted automatically. "

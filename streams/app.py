@@ -7,12 +7,20 @@ building it.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable
+from typing import TypeVar
+
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
 
 from postwarden.config import load_settings
 from postwarden.kafka_security import faust_credentials
+from postwarden.records import RecordError
 from postwarden.topics import TopicSpec
+
+log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 settings = load_settings()
 
@@ -35,6 +43,10 @@ app = faust.App(
     # Other workers forward Message Center requests here (streams.mailbox_api).
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
+    # Verdicts and held mail carry whole messages; Faust's 1 MB default refused larger ones,
+    # and a refused changelog or output record kills the worker, which then replays it forever.
+    # The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
+    producer_max_request_size=settings.max_message_size + 256 * 1024,
     autodiscover=False,
     broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),
@@ -81,6 +93,19 @@ def topic(spec: TopicSpec) -> faust.TopicT:
     return app.topic(spec.name, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw",
                      partitions=settings.topic_partitions)
+
+
+async def decoded(stream: AsyncIterable[bytes], decode: Callable[[bytes], R],
+                  what: str) -> AsyncIterator[R]:
+    """The stream's values decoded; one that does not decode is logged and skipped,
+    since replaying it would only fail again (its offset is committed like any other)."""
+    async for value in stream:
+        try:
+            item = decode(value)
+        except RecordError as exc:
+            log.error(f"skipping undecodable {what}", extra={"reason": str(exc)})
+            continue
+        yield item
 
 
 # Faust starts its web server only after table recovery, so answering at all

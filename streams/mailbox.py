@@ -14,20 +14,22 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import partial
 
 import faust
 from faust.types import TP
 from prometheus_client import Counter
 
-from postwarden.records import RecordError, RoutedMessage, StatsEvent, _Record, verdict_label
+from postwarden.held_mail import decode_held
+from postwarden.records import RoutedMessage, StatsEvent, _Record, verdict_label
 from postwarden.sealing import RetiredKeyError, Sealer, TamperedError
 from postwarden.topics import (
     DELIVER, EVENTS, QUARANTINE, QUARANTINE_ACTIONS, QUARANTINE_INDEX_CHANGELOG,
     QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
-from streams.app import app, settings, topic
-from streams.quarantine_store import NotFound, QuarantineStore
+from streams.app import app, decoded, settings, topic
+from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,8 @@ deliver_topic = topic(DELIVER)
 events_topic = topic(EVENTS)
 
 tenants = settings.tenants()
-store = QuarantineStore(quarantine_index, quarantine_messages, Sealer(settings.keyring()))
+sealer = Sealer(settings.keyring())
+store = QuarantineStore(quarantine_index, quarantine_messages, sealer)
 
 # command id -> future of its outcome, for web requests served by this worker.
 _waiting: dict[str, asyncio.Future] = {}
@@ -131,6 +134,7 @@ def apply_user_command(cmd: UserCommand, now: float) -> dict:
 
 
 async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
+    store.settle(cmd.recipient)
     if cmd.op == "expire":
         return {"status": "expired" if store.expire(cmd.recipient, cmd.message_id, now) else "kept"}
     try:
@@ -171,12 +175,7 @@ async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
 
 @app.agent(user_settings_topic)
 async def user_changes(stream):
-    async for value in stream:
-        try:
-            cmd = UserCommand.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable user command", extra={"reason": str(exc)})
-            continue
+    async for cmd in decoded(stream, UserCommand.decode, "user command"):
         outcome = apply_user_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("user command applied", extra={"tenant": cmd.tenant, "status": outcome["status"],
@@ -186,12 +185,7 @@ async def user_changes(stream):
 
 @app.agent(quarantine_actions_topic)
 async def quarantine_actions(stream):
-    async for value in stream:
-        try:
-            cmd = QuarantineCommand.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable quarantine command", extra={"reason": str(exc)})
-            continue
+    async for cmd in decoded(stream, QuarantineCommand.decode, "quarantine command"):
         outcome = await apply_quarantine_command(cmd, time.time())
         ACTIONS.labels(cmd.op, outcome["status"]).inc()
         log.info("quarantine command applied", extra={
@@ -202,28 +196,24 @@ async def quarantine_actions(stream):
 
 @app.agent(quarantine_topic)
 async def quarantine_store(stream):
-    """Seals every quarantined message into the store (idempotent on replay)."""
-    async for value in stream:
-        try:
-            routed = RoutedMessage.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable quarantined message", extra={"reason": str(exc)})
-            continue
-        tenant = tenants.get(routed.tenant)
+    """Files every quarantined message, sealed by the policy agent, in the store (idempotent on replay)."""
+    async for held in decoded(stream, partial(decode_held, sealer), "quarantined message"):
+        tenant = tenants.get(held.tenant)
         retention = tenant.quarantine_retention_days if tenant else 14
-        if store.add(routed, retention, time.time()):
+        if store.add(held, retention, time.time()):
             log.info("quarantined message stored",
-                     extra={"message_id": routed.message_id, "tenant": routed.tenant})
+                     extra={"message_id": held.message_id, "tenant": held.tenant})
 
 
-def _active_keys() -> list[bytes]:
-    """Index keys in the partitions this worker owns (standby copies are left to their owner)."""
+def _active_recipients() -> list[str]:
+    """Users with held mail in the partitions this worker owns (standby copies are left to their owner)."""
     changelog = quarantine_index.changelog_topic.get_topic_name()
     out = []
     for key in list(quarantine_index.keys()):
-        tp = app.producer.key_partition(changelog, key)
-        if app.assignor.is_active(TP(changelog, tp.partition)):
-            out.append(key)
+        # A user's keys all sit in the partition of their address, which is the directory key.
+        if is_directory_key(key) and app.assignor.is_active(
+                TP(changelog, app.producer.key_partition(changelog, key).partition)):
+            out.append(key.decode())
     return out
 
 
@@ -232,6 +222,6 @@ async def retention_sweep() -> None:
     """Asks the partition owner (itself) to drop entries whose retention has ended."""
     if app.rebalancing:
         return
-    for tenant, recipient, message_id in store.due(time.time(), iter(_active_keys())):
+    for tenant, recipient, message_id in store.due(time.time(), _active_recipients()):
         cmd = new_quarantine_command(tenant, recipient, message_id, "expire")
         await quarantine_actions_topic.send(key=recipient.encode(), value=cmd.encode())

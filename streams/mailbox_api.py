@@ -127,7 +127,7 @@ async def _local(method: str, parts: list[str], address: str, tenant_id: str, bo
                    {"filtering": None, "levels": {}},
             "effective": {"filtering": eff.filtering, "levels": eff.levels,
                           "allow": list(eff.allow), "block": list(eff.block)},
-            "quarantined": len(store.held(address)),
+            "quarantined": store.count(address),
         })
     if method == "POST" and parts == ["verify"]:
         if _locked(address, now):
@@ -155,9 +155,8 @@ async def _local(method: str, parts: list[str], address: str, tenant_id: str, bo
             limit = min(MAX_PAGE, max(1, int(query.get("limit", 25))))
         except ValueError:
             return _error(400, "offset and limit must be integers")
-        held = store.held(address, query.get("q", "").strip())
-        return web.json_response({"total": len(held),
-                                  "entries": [entry_json(e) for e in held[offset:offset + limit]]})
+        total, entries = store.listing(address, query.get("q", "").strip(), offset, limit)
+        return web.json_response({"total": total, "entries": [entry_json(e) for e in entries]})
     if method == "GET" and len(parts) == 2 and parts[0] == "quarantine":
         try:
             entry, raw = store.message(address, parts[1])

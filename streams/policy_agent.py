@@ -2,6 +2,8 @@
 
 mail.verdicts is keyed by recipient and co-partitioned with the users table
 (streams.mailbox), so the user's settings are read locally, no remote call.
+Held mail is sealed here, before it is written to mail.quarantine: no topic
+after the policy stage holds a quarantined message in clear.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ import time
 
 from prometheus_client import Counter
 
-from postwarden.records import RecordError, RoutedMessage, Verdict
+from postwarden.held_mail import seal_held
+from postwarden.records import RoutedMessage, Verdict
+from postwarden.sealing import Sealer
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
 from postwarden.users import effective
-from streams.app import app, settings, topic
+from streams.app import app, decoded, settings, topic
 from streams.mailbox import user_record
 from streams.policy import decide
 from streams.stats_events import anonymous_event
@@ -29,6 +33,7 @@ deliver = topic(DELIVER)
 quarantine = topic(QUARANTINE)
 events = topic(EVENTS)
 tenants = settings.tenants()
+sealer = Sealer(settings.keyring())
 
 
 def route(verdict: Verdict) -> tuple[str, str]:
@@ -40,12 +45,7 @@ def route(verdict: Verdict) -> tuple[str, str]:
 
 @app.agent(verdicts)
 async def policy(stream):
-    async for value in stream:
-        try:
-            verdict = Verdict.decode(value)
-        except RecordError as exc:
-            log.error("skipping undecodable verdict", extra={"reason": str(exc)})
-            continue
+    async for verdict in decoded(stream, Verdict.decode, "verdict"):
         if verdict.recipient != verdict.recipient.lower():
             # Per-user state is keyed by the lowercased address: move the verdict to that
             # key's partition first, where the user's settings and quarantine live.
@@ -62,7 +62,8 @@ async def policy(stream):
         if action == "deliver":
             await deliver.send(key=verdict.tenant.encode(), value=routed.encode())
         else:
-            await quarantine.send(key=verdict.recipient.encode(), value=routed.encode())
+            held = seal_held(sealer, routed)
+            await quarantine.send(key=verdict.recipient.encode(), value=held.encode())
         await events.send(key=verdict.tenant.encode(),
                           value=anonymous_event(verdict, action, time.time()).encode())
         ROUTED.labels(action).inc()

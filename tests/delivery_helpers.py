@@ -11,7 +11,9 @@ from pathlib import Path
 from kafka import KafkaProducer
 
 from postwarden.config import Settings, load_settings
+from postwarden.held_mail import seal_held
 from postwarden.records import RoutedMessage, new_message_id
+from postwarden.sealing import Sealer
 from postwarden.topics import DELIVER, QUARANTINE
 
 
@@ -43,14 +45,18 @@ def message(recipient: str = "ann@acme.test", mail_from: str = "bob@x.example",
                          time.time() if received_at is None else received_at, raw)
 
 
-def produce(bootstrap: str, records: list[RoutedMessage]) -> None:
+def produce(bootstrap: str, records: list[RoutedMessage], sealer: Sealer | None = None) -> None:
+    """Writes records as the policy agent would: held mail sealed (needs the sealer) to mail.quarantine."""
     producer = KafkaProducer(bootstrap_servers=[bootstrap], acks="all")
     try:
         for r in records:
             if r.action == "deliver":
                 producer.send(DELIVER.name, key=r.tenant.encode(), value=r.encode())
             else:
-                producer.send(QUARANTINE.name, key=r.recipient.encode(), value=r.encode())
+                if sealer is None:
+                    raise ValueError("held mail is sealed before mail.quarantine: pass a sealer")
+                producer.send(QUARANTINE.name, key=r.recipient.encode(),
+                              value=seal_held(sealer, r).encode())
         producer.flush(30)
     finally:
         producer.close()

@@ -24,6 +24,7 @@ from aiohttp import web
 from postwarden import signed_links
 from postwarden.config import AGGRESSIVENESS_LEVELS, Settings, Tenants
 from postwarden.keyring import Keyring
+from postwarden.passwords import MAX_LENGTH, MIN_LENGTH, PasswordError, check_policy, hash_password
 from postwarden.users import SettingsError, normalize_address, normalize_sender_entry
 from web import safe_view, sessions
 from web.mailbox_client import MailboxClient, MailboxUnavailable, SessionEnded
@@ -83,6 +84,8 @@ class MessageCenter:
             web.get("/settings", a(self.settings_page)),
             web.post("/settings", a(self.save_settings)),
             web.post("/settings/allow", a(self.allow_sender)),
+            web.get("/settings/password", a(self.password_page)),
+            web.post("/settings/password", a(self.change_password)),
             web.get("/r/{token}", self.release_link),
             web.post("/r/{token}", self.release_link),
             web.get("/open/{token}", self.open_link),
@@ -121,7 +124,8 @@ class MessageCenter:
             except MailboxUnavailable:
                 return render("error.html", 503, title="Try again shortly",
                               message="Your quarantine is not reachable right now.")
-            if response.status < 400 or response.status == 404:
+            renewed = any(v.startswith(sessions.COOKIE + "=") for v in response.headers.getall("Set-Cookie", []))
+            if (response.status < 400 or response.status == 404) and not renewed:
                 self._set_session(response, s)  # sliding idle timeout
             return response
         return wrapper
@@ -319,6 +323,8 @@ class MessageCenter:
                             error: str = "", status: int = 200) -> web.Response:
         user = await self.client.user(s.tenant, s.address, session_version=s.session_version)
         tenant = self.tenants.get(s.tenant)
+        if request.query.get("done") == "password" and not notice:
+            notice = "Your password is changed. Other devices are signed out."
         categories = sorted(set(tenant.default_user.levels) | set(user["effective"]["levels"]))
         return self._page("settings.html", s, status, user=user, categories=categories,
                           levels=AGGRESSIVENESS_LEVELS, defaults=tenant.default_user, notice=notice, error=error)
@@ -348,6 +354,49 @@ class MessageCenter:
         if outcome.get("status") not in ("ok", "pending"):
             return await self.settings_page(request, s, error=outcome.get("detail", "not saved"), status=400)
         return await self.settings_page(request, s, notice=f"{sender} is on your allow list.")
+
+    def _password_form(self, s: sessions.Session, error: str = "", status: int = 200) -> web.Response:
+        return self._page("password.html", s, status, error=error, min_length=MIN_LENGTH,
+                          max_length=MAX_LENGTH)
+
+    async def password_page(self, request: web.Request, s: sessions.Session) -> web.Response:
+        return self._password_form(s)
+
+    async def change_password(self, request: web.Request, s: sessions.Session) -> web.StreamResponse:
+        """Checks the current password like a sign-in (same per-client and per-account limits),
+        stores the new one hashed, and ends every other session: the new password bumps the
+        user's session version, and only this browser gets a session with the new version."""
+        form = await request.post()
+        current, new = str(form.get("current", "")), str(form.get("new", ""))
+        if self._throttled(request.remote or "", time.time()):
+            return self._password_form(s, "Too many attempts. Wait a few minutes.", 429)
+        if new != str(form.get("confirm", "")):
+            return self._password_form(s, "The new password and its repetition differ.", 400)
+        try:
+            check_policy(new)
+        except PasswordError as exc:
+            return self._password_form(s, f"The new password cannot be used: {exc}.", 400)
+        if new == current:
+            return self._password_form(s, "The new password must differ from the current one.", 400)
+        result = await self.client.verify(s.tenant, s.address, current)
+        if result.get("locked"):
+            log.warning("password change locked after repeated failures", extra={"tenant": s.tenant})
+            return self._password_form(s, "Too many attempts. Wait a few minutes.", 429)
+        if not result.get("ok"):
+            return self._password_form(s, "The current password is wrong.", 401)
+        hashed = await asyncio.get_running_loop().run_in_executor(
+            None, hash_password, new, self.settings.password_hash_cost)
+        outcome = await self.client.command(s.tenant, s.address, "upsert", password_hash=hashed,
+                                            session_version=s.session_version)
+        if outcome.get("status") != "ok":
+            # Not applied yet (or refused): it ends this session too once applied.
+            return self._password_form(s, "Your password could not be changed right now. Try again.", 503)
+        log.info("password changed", extra={"tenant": s.tenant, "component": "message-center"})
+        user = await self.client.user(s.tenant, s.address)
+        response = web.HTTPFound("/settings?" + urlencode({"done": "password"}))
+        fresh = sessions.new_session(s.tenant, s.address, int(user["session_version"]), s.framed, time.time())
+        self._set_session(response, fresh)
+        return response
 
     # -- links in digests -------------------------------------------------------------------
 

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from kafka import KafkaConsumer, TopicPartition
 
 from postwarden import internal_api
+from postwarden.held_mail import HeldMessage
 from postwarden.keyring import Keyring
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, QUARANTINE
@@ -251,7 +252,7 @@ def topic_copies(bootstrap: str, keys: set[Key]) -> Counter:
     for topic in (DELIVER.name, QUARANTINE.name):
         for record in read_topic(bootstrap, topic, lambda r: False, timeout=1.5):
             try:
-                key = RoutedMessage.decode(record.value).dedupe_key
+                key = (HeldMessage if topic == QUARANTINE.name else RoutedMessage).decode(record.value).dedupe_key
             except RecordError:
                 continue
             if key in keys:

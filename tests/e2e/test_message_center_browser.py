@@ -96,12 +96,13 @@ def spam(to: str, subject: str, tracker_port: int | None = None) -> EmailMessage
     return m
 
 
-def sign_in(page: Page, stack: Stack, address: str, shot: str | None = None) -> None:
+def sign_in(page: Page, stack: Stack, address: str, shot: str | None = None,
+            password: str = PASSWORD) -> None:
     page.goto(stack.url + "/login")
     if shot:
         page.screenshot(path=str(SHOTS / shot), full_page=True)
     page.fill("#address", address)
-    page.fill("#password", PASSWORD)
+    page.fill("#password", password)
     page.click("button[type=submit]")
     page.wait_for_load_state()
     assert page.url.endswith("/quarantine"), page.content()
@@ -230,4 +231,45 @@ def test_framed_single_sign_on_from_the_provider_portal(stack, browser):
     assert not inner or "Quarantine" not in (inner[0].content() if inner[0].url.startswith(stack.url) else "")
     page.screenshot(path=str(SHOTS / "11-framing-refused.png"), full_page=True)
     rogue.shutdown()
+    ctx.close()
+
+
+def test_user_changes_their_password(stack, browser):
+    new = "my own new passphrase 7"
+    stack.create_user("finn@example.com")
+    other_device = browser.new_context().new_page()
+    sign_in(other_device, stack, "finn@example.com")
+    ctx = browser.new_context(viewport={"width": 390, "height": 844})
+    page = ctx.new_page()
+    sign_in(page, stack, "finn@example.com")
+    page.goto(stack.url + "/settings")
+    page.click("#password-link")
+    page.fill("#current", PASSWORD)
+    page.fill("#new", new)
+    page.fill("#confirm", new + " typo")
+    page.click("#change")
+    page.wait_for_selector("#error")
+    assert "differ" in page.inner_text("#error")
+    page.screenshot(path=str(SHOTS / "12-password-mismatch.png"), full_page=True)
+    page.fill("#current", PASSWORD)
+    page.fill("#new", new)
+    page.fill("#confirm", new)
+    page.click("#change")
+    page.wait_for_selector("#notice")
+    assert "password is changed" in page.inner_text("#notice")
+    page.screenshot(path=str(SHOTS / "13-password-changed.png"), full_page=True)
+    other_device.goto(stack.url + "/quarantine")
+    assert "/login" in other_device.url  # the other device was signed out
+
+    page.click("nav button[type=submit]")  # sign out
+    page.wait_for_url("**/login**")
+    page.fill("#address", "finn@example.com")
+    page.fill("#password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#error")
+    assert "wrong" in page.inner_text("#error")
+    page.screenshot(path=str(SHOTS / "14-old-password-refused.png"), full_page=True)
+    sign_in(page, stack, "finn@example.com", password=new)
+    page.screenshot(path=str(SHOTS / "15-signed-in-with-new-password.png"), full_page=True)
+    other_device.context.close()
     ctx.close()

@@ -11,6 +11,7 @@ import urllib.request
 
 import pytest
 
+from postwarden.held_mail import HeldMessage
 from postwarden.local_services import free_port
 from postwarden.records import RoutedMessage
 from sinks.stats_store import EmbeddedStatsStore, ServerStatsStore
@@ -72,9 +73,10 @@ def test_mail_is_routed_once_per_recipient_and_counted_in_both_clickhouse_backen
             for r in rcpts:
                 expected[(message_id, r)] = "deliver" if kind == "clean" else "quarantine"
 
-    def routed(topic: str) -> list[RoutedMessage]:
+    def routed(topic: str) -> list[RoutedMessage | HeldMessage]:
         records = read_topic(broker.bootstrap, topic, lambda r: False, timeout=2)
-        return [RoutedMessage.decode(r.value) for r in records]
+        return [(HeldMessage if topic == "mail.quarantine" else RoutedMessage).decode(r.value)
+                for r in records]
 
     deadline = time.monotonic() + 90
     seen: dict[tuple[str, str], set[str]] = {}
@@ -82,12 +84,12 @@ def test_mail_is_routed_once_per_recipient_and_counted_in_both_clickhouse_backen
         seen = {}
         for topic in ("mail.deliver", "mail.quarantine"):
             for m in routed(topic):
-                seen.setdefault(m.dedupe_key, set()).add(m.action)
+                seen.setdefault(m.dedupe_key, set()).add(topic.removeprefix("mail."))
     assert set(seen) == set(expected), worker.log()[-3000:]
     # Each (message, recipient) went one way only, and the right way.
     assert {k: next(iter(v)) for k, v in seen.items()} == expected
     assert all(len(v) == 1 for v in seen.values())
-    viruses = [m for m in routed("mail.quarantine") if m.virus]
+    viruses = [m for m in routed("mail.quarantine") if m.reason == "virus"]
     assert {m.recipient for m in viruses} == {"ann@example.com", "cy@example.com"}
 
     want = {("example", "clean", "deliver"): 12, ("example", "spam", "quarantine"): 3,

@@ -8,11 +8,21 @@ from email import policy
 import pytest
 
 from postwarden.config import TenantsFile
+from postwarden.held_mail import seal_held
 from postwarden.keyring import Keyring, new_master_key
 from postwarden.records import RoutedMessage
+from postwarden.sealing import Sealer
 from postwarden.signed_links import LinkError, verify
-from sinks.digest import DigestState, build_digest, due_entries, entry
+from sinks.digest import (
+    MAX_PENDING,
+    DigestState,
+    build_digest,
+    due_entries,
+    entry,
+    with_pending,
+)
 from sinks.dsn import build_dsn
+from sinks.generated_mail import HeldSummary, held_summary
 from sinks.virus_alert import build_alert
 
 NOW = 1_800_000_000.0
@@ -27,6 +37,14 @@ def held(message_id: str = "m1", recipient: str = "ann@acme.test", mail_from: st
            f"{SECRET}\r\n").encode()
     return RoutedMessage(message_id, "acme", recipient, mail_from, "quarantine", "spam", score,
                          virus, ["spam"], [], received_at, raw)
+
+
+SEALER = Sealer(Keyring([new_master_key("k1")], "test"))
+
+
+def summary(message_id: str = "m1", **kw) -> HeldSummary:
+    """A held message as the notifier sees it: sealed by the policy agent, its index opened."""
+    return held_summary(SEALER, seal_held(SEALER, held(message_id, **kw)))
 
 
 def tenant(links: bool = True, every: str = "1d"):
@@ -84,18 +102,18 @@ def test_no_dsn_for_the_null_sender():
 
 
 def test_virus_alert_names_sender_subject_virus_and_never_the_content():
-    msg = parse(build_alert(held(virus="Eicar-Test-Signature"), "postmaster@gw.test", "gw.test", NOW))
+    msg = parse(build_alert(summary(virus="Eicar-Test-Signature"), "postmaster@gw.test", "gw.test", NOW))
     assert msg["To"] == "ann@acme.test" and msg["From"] == "postmaster@gw.test"
     text, html = alternative_texts(msg)
     for body in (text, html):
         assert "Eicar-Test-Signature" in body and "bob@x.example" in body
         assert "Cheap wätches" in body and SECRET not in body
     with pytest.raises(ValueError, match="only for mail held for a virus"):
-        build_alert(held(), "postmaster@gw.test", "gw.test", NOW)
+        build_alert(summary(), "postmaster@gw.test", "gw.test", NOW)
 
 
 def test_digest_lists_held_mail_with_release_links_for_the_right_message(keyring):
-    entries = [entry(held("m1")), entry(held("m2", subject="Second <b>offer</b>", score=55))]
+    entries = [entry(summary("m1")), entry(summary("m2", subject="Second <b>offer</b>", score=55))]
     raw = build_digest(tenant(), "ann@acme.test", entries, 7, "postmaster@gw.test", "gw.test",
                        "https://mc.test", keyring, NOW)
     msg = parse(raw)
@@ -130,7 +148,7 @@ def test_digest_lists_held_mail_with_release_links_for_the_right_message(keyring
 
 
 def test_digest_without_links_when_the_tenant_turned_them_off(keyring):
-    raw = build_digest(tenant(links=False), "ann@acme.test", [entry(held())], 1,
+    raw = build_digest(tenant(links=False), "ann@acme.test", [entry(summary())], 1,
                        "postmaster@gw.test", "gw.test", "https://mc.test", keyring, NOW)
     text, html = alternative_texts(parse(raw))
     assert "https://mc.test" not in text + html and "Cheap wätches" in text
@@ -142,9 +160,23 @@ def test_digest_without_links_when_the_tenant_turned_them_off(keyring):
 def test_digest_is_due_at_slot_boundaries_for_mail_held_before_them():
     day = 86400
     start = 20_000 * day
-    state = DigestState("ann@acme.test", "acme", [entry(held("m1", received_at=start + 100))])
+    state = DigestState("ann@acme.test", "acme", [entry(summary("m1", received_at=start + 100))])
     assert due_entries(state, day, start + 5000) == []  # held in the current slot: wait
     assert [e["m"] for e in due_entries(state, day, start + day + 1)] == ["m1"]
     sent = DigestState("ann@acme.test", "acme", state.pending, last_slot=start // day + 1)
     assert due_entries(sent, day, start + day + 50) == []  # one digest per slot
     assert DigestState.decode(sent.encode()) == sent
+
+
+def test_digest_state_stays_bounded_and_counts_what_it_dropped(keyring):
+    start = 20_000 * 86400
+    state = DigestState("ann@acme.test", "acme")
+    e = entry(summary("m"))
+    for i in range(MAX_PENDING + 50):
+        state = with_pending(state, {**e, "m": f"m{i}", "q": start + i}, offset=i)
+    assert len(state.pending) == MAX_PENDING and state.unlisted == 50
+    assert state.pending[0]["m"] == "m50" and state.source_offset == MAX_PENDING + 49
+    raw = build_digest(tenant(), "ann@acme.test", due_entries(state, 86400, start + 86400), 1,
+                       "postmaster@gw.test", "gw.test", "https://mc.test", keyring, NOW, state.unlisted)
+    text, _ = alternative_texts(parse(raw))
+    assert f"{MAX_PENDING + 50} messages" in text and "...and 50 more." in text

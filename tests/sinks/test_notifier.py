@@ -8,6 +8,7 @@ from email import policy
 
 import pytest
 
+from postwarden.sealing import Sealer
 from postwarden.signed_links import verify
 from sinks.delivery_sink import DeliverySink
 from sinks.notifier import Notifier
@@ -55,7 +56,7 @@ async def test_alerts_at_once_and_digests_on_schedule_across_a_restart(broker, t
     virus = message("ann@acme.test", subject="invoice", action="quarantine", virus="Eicar-Test",
                     received_at=T0)
     other = message("bo@acme.test", subject="bo junk", action="quarantine", received_at=T0)
-    produce(broker.bootstrap, [*junk, virus, other])
+    produce(broker.bootstrap, [*junk, virus, other], Sealer(settings.keyring()))
 
     async with Running(DeliverySink(settings)):
         notifier = Notifier(settings, clock=clock)
@@ -86,7 +87,7 @@ async def test_alerts_at_once_and_digests_on_schedule_across_a_restart(broker, t
 
         later = message("ann@acme.test", subject="junk after restart", action="quarantine",
                         received_at=T0 + 2 * DAY)
-        produce(broker.bootstrap, [later])
+        produce(broker.bootstrap, [later], Sealer(settings.keyring()))
         async with Running(Notifier(settings, clock=clock)):  # state comes back from the changelog
             await asyncio.sleep(1.5)
             assert len(server.recorder.received) == 3

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kafka import KafkaProducer
 
+from postwarden.held_mail import HeldMessage
 from postwarden.keyring import new_master_key, write_keys_file
 from postwarden.local_services import Tansu, free_port
 from postwarden.records import RoutedMessage, Verdict, new_message_id
@@ -45,8 +46,10 @@ tenants:
 
 
 class Stack:
-    def __init__(self, tmp: Path, workers: int = 1, ingest: bool = False, delivery: bool = False) -> None:
+    def __init__(self, tmp: Path, workers: int = 1, ingest: bool = False, delivery: bool = False,
+                 settings: dict[str, str] | None = None) -> None:
         self.tmp, self.n_workers, self.with_ingest = tmp, workers, ingest
+        self.settings = settings or {}  # extra POSTWARDEN_* for every process
         self.with_delivery = delivery
         self.downstream: SmtpServer | None = None
         self.processes: list[Process] = []
@@ -64,7 +67,7 @@ class Stack:
         return service_env(self.tmp, self.broker.bootstrap, POSTWARDEN_TENANTS_FILE=str(self.tmp / "tenants.yaml"),
                            POSTWARDEN_KEYS_FILE=str(self.tmp / "keys.json"),
                            POSTWARDEN_PRODUCER_MAX_BATCH_SIZE="1", POSTWARDEN_PASSWORD_HASH_COST="10",
-                           POSTWARDEN_LOG_LEVEL="DEBUG", **extra)
+                           POSTWARDEN_LOG_LEVEL="DEBUG", **{**self.settings, **extra})
 
     def start(self) -> Stack:
         self.broker = Tansu(log_path=self.tmp / "tansu.log").start()
@@ -135,12 +138,17 @@ class Stack:
         producer.close()
         return mid
 
-    def routed(self, topic: str, until=lambda r: False, timeout: float = 2.0) -> list[RoutedMessage]:
-        return [RoutedMessage.decode(r.value) for r in read_topic(self.broker.bootstrap, topic, until, timeout)]
+    def routed(self, topic: str, until=lambda r: False,
+               timeout: float = 2.0) -> list[RoutedMessage | HeldMessage]:
+        """Records of mail.deliver, or (sealed) of mail.quarantine."""
+        record = HeldMessage if topic == "mail.quarantine" else RoutedMessage
+        return [record.decode(r.value) for r in read_topic(self.broker.bootstrap, topic, until, timeout)]
 
-    def wait_routed(self, topic: str, message_id: str, recipient: str, timeout: float = 30.0) -> RoutedMessage:
+    def wait_routed(self, topic: str, message_id: str, recipient: str,
+                    timeout: float = 30.0) -> RoutedMessage | HeldMessage:
+        record = HeldMessage if topic == "mail.quarantine" else RoutedMessage
         found = [m for m in self.routed(topic, lambda rs: any(
-            RoutedMessage.decode(r.value).dedupe_key == (message_id, recipient) for r in rs), timeout)
+            record.decode(r.value).dedupe_key == (message_id, recipient) for r in rs), timeout)
             if m.dedupe_key == (message_id, recipient)]
         assert found, f"{message_id} never reached {topic}"
         return found[0]

@@ -25,6 +25,7 @@ def test_every_state_change_needs_the_session_csrf_token(stack):
     stack.wait_listed("csrf@example.com", mid)
     changes = [(f"/quarantine/{mid}/release", {}), (f"/quarantine/{mid}/delete", {}),
                ("/settings", {"filtering": "off"}), ("/settings/allow", {"sender": "x@y.example"}),
+               ("/settings/password", {"current": PASSWORD, "new": "a new passw0rd!", "confirm": "a new passw0rd!"}),
                ("/logout", {})]
     for path, form in changes:
         assert b.request("POST", path, form)[0] == 403, path                       # no token
