@@ -486,6 +486,9 @@ class Settings(BaseSettings):
     # Longest time a consumer's fetch waits for data. Brokers that do not answer a waiting
     # fetch when data arrives (Tansu) add up to this much latency per stage.
     consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    # Messages each worker scores at once: a serial score agent waits out every clamd
+    # round trip, and on busy cores each wait is a scheduling delay.
+    score_concurrency: int = Field(default=8, ge=1, le=256)
 
     @field_validator("bootstrap_servers")
     @classmethod
