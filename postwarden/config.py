@@ -489,6 +489,9 @@ class Settings(BaseSettings):
     # Messages each worker scores at once: a serial score agent waits out every clamd
     # round trip, and on busy cores each wait is a scheduling delay.
     score_concurrency: int = Field(default=8, ge=1, le=256)
+    # How long the worker's producer waits to fill a batch: one produce request per
+    # few milliseconds instead of one per broker round trip (each costs both sides CPU).
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
 
     @field_validator("bootstrap_servers")
     @classmethod

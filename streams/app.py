@@ -35,6 +35,7 @@ app = faust.App(
     # Other workers forward Message Center requests here (streams.mailbox_api).
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
+    producer_linger=settings.producer_linger_ms / 1000,
     autodiscover=False,
     broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),
