@@ -3,10 +3,10 @@
     python bench/e2e.py [--messages 3000] [--rate 250] [--duration 20] [--concurrency 20]
                         [--clickhouse chdb|server] [--partitions 4] [--no-delivery]
                         [--producer-max-batch-size BYTES] [--recipients 1000] [--py-spy DIR]
-                        [--workdir DIR] [--soak SECONDS]
+                        [--workdir DIR] [--soak SECONDS] [--workers 1]
 
 Starts a Tansu broker, a private clamd (EICAR signatures), ClickHouse (chdb in
-the stats sink, or a server), a Faust worker, an ingest node, the stats sink
+the stats sink, or a server), --workers Faust workers, an ingest node, the stats sink
 and (unless --no-delivery) the delivery sink with a loopback downstream SMTP
 server that accepts everything, each as its own process, then:
 
@@ -103,7 +103,7 @@ class Proc:
 
     @property
     def is_python(self) -> bool:
-        return self.name in ("stats", "worker", "ingest", "delivery", "downstream")
+        return self.name.split("-")[0] in ("stats", "worker", "ingest", "delivery", "downstream")
 
     def cpu_seconds(self) -> float:
         try:
@@ -186,7 +186,8 @@ class Pipeline:
         env["POSTWARDEN_TENANTS_FILE"] = str(tenants)
         self.smtp_port = free_port()
         children = [("stats", ["sink", "stats"], {}),
-                    ("worker", ["worker"], {}),
+                    *((f"worker-{i}" if i > 1 else "worker", ["worker"], {})
+                      for i in range(1, self.args.workers + 1)),
                     ("ingest", ["ingest"], {"POSTWARDEN_SMTP_PORT": str(self.smtp_port)})]
         if self.args.delivery:
             # The tenant's mailbox server: accepts and discards (aiosmtpd's Sink handler).
@@ -488,6 +489,7 @@ def main() -> None:
                     help="write a py-spy profile (collapsed stacks) per process of phase 1 here")
     ap.add_argument("--recipients", type=int, default=1000, help="distinct recipient addresses")
     ap.add_argument("--workdir", type=Path, help="keep data and logs here instead of a temporary directory")
+    ap.add_argument("--workers", type=int, default=1, help="Faust worker processes")
     ap.add_argument("--soak", type=float, default=0, help="seconds of offered load; prints memory growth")
     args = ap.parse_args()
 

@@ -492,6 +492,9 @@ class Settings(BaseSettings):
     # How long the worker's producer waits to fill a batch: one produce request per
     # few milliseconds instead of one per broker round trip (each costs both sides CPU).
     producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Faust worker processes `postwarden up` runs; they share the partitions (at most
+    # topic_partitions do work). One process uses one core at most.
+    worker_processes: int = Field(default=1, ge=1, le=64)
 
     @field_validator("bootstrap_servers")
     @classmethod
