@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 CHUNK = 64 * 1024
+_END = struct.pack("!I", 0)
 
 
 @dataclass(frozen=True)
@@ -133,15 +134,19 @@ class ClamdScanner:
 
     async def _instream(self, session: _Session, data: bytes) -> ScanResult:
         writer = session.writer
-        writer.write(b"zINSTREAM\0")
+        # One write per chunk, command and terminator included: each write is a send
+        # that wakes clamd, and most messages fit in one chunk.
+        head = b"zINSTREAM\0"
         view = memoryview(data)
         for start in range(0, len(view), CHUNK):
             chunk = view[start:start + CHUNK]
-            writer.write(struct.pack("!I", len(chunk)))
-            writer.write(chunk)
+            tail = _END if start + CHUNK >= len(view) else b""
+            writer.write(b"".join((head, struct.pack("!I", len(chunk)), chunk, tail)))
+            head = b""
             await writer.drain()
-        writer.write(struct.pack("!I", 0))
-        await writer.drain()
+        if not view:
+            writer.write(head + _END)
+            await writer.drain()
         session.requests += 1
         reply = (await session.reader.readuntil(b"\0")).rstrip(b"\0").decode("utf-8", "replace")
         number, _, rest = reply.partition(": ")

@@ -52,10 +52,11 @@ async def test_clean_mail_is_scanned_and_clean(clamd):
 
 async def test_one_connection_serves_many_scans(clamd):
     scanner = ClamdScanner(ClamdAddress.parse(clamd.address))
-    results = [await scanner.scan(raw) for raw in (b"a", EICAR, b"b", b"c")]
-    assert [r.status for r in results] == ["clean", "infected", "clean", "clean"]
+    # Empty, one chunk, and several 64 KB chunks with the signature in the last.
+    results = [await scanner.scan(raw) for raw in (b"a", EICAR, b"", b"x" * 200_000 + EICAR, b"c")]
+    assert [r.status for r in results] == ["clean", "infected", "clean", "infected", "clean"]
     [session] = scanner._idle
-    assert session.requests == 4
+    assert session.requests == 5
 
 
 async def test_restarted_daemon_costs_no_failed_scan(tmp_path):
