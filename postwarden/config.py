@@ -491,7 +491,7 @@ class Settings(BaseSettings):
     score_concurrency: int = Field(default=8, ge=1, le=256)
     # How long the worker's producer waits to fill a batch: one produce request per
     # few milliseconds instead of one per broker round trip (each costs both sides CPU).
-    producer_linger_ms: int = Field(default=20, ge=0, le=1000)
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
     # Faust worker processes `postwarden up` runs; they share the partitions (at most
     # topic_partitions do work). One process uses one core at most.
     worker_processes: int = Field(default=1, ge=1, le=64)
