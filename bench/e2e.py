@@ -3,10 +3,10 @@
     python bench/e2e.py [--messages 3000] [--rate 250] [--duration 20] [--concurrency 20]
                         [--clickhouse chdb|server] [--partitions 4] [--no-delivery]
                         [--producer-max-batch-size BYTES] [--recipients 1000] [--py-spy DIR]
-                        [--workdir DIR] [--soak SECONDS]
+                        [--workdir DIR] [--soak SECONDS] [--workers 1] [--env POSTWARDEN_X=V]
 
 Starts a Tansu broker, a private clamd (EICAR signatures), ClickHouse (chdb in
-the stats sink, or a server), a Faust worker, an ingest node, the stats sink
+the stats sink, or a server), --workers Faust workers, an ingest node, the stats sink
 and (unless --no-delivery) the delivery sink with a loopback downstream SMTP
 server that accepts everything, each as its own process, then:
 
@@ -104,7 +104,7 @@ class Proc:
 
     @property
     def is_python(self) -> bool:
-        return self.name in ("stats", "worker", "ingest", "delivery", "downstream")
+        return self.name.split("-")[0] in ("stats", "worker", "ingest", "delivery", "downstream")
 
     def cpu_seconds(self) -> float:
         try:
@@ -174,6 +174,7 @@ class Pipeline:
             # All load comes from one address.
             "POSTWARDEN_SMTP_MESSAGES_PER_IP_PER_MINUTE": "0",
         })
+        env.update(self.args.env)
         if self.args.producer_max_batch_size:
             env["POSTWARDEN_PRODUCER_MAX_BATCH_SIZE"] = str(self.args.producer_max_batch_size)
         if self.args.clickhouse == "server":
@@ -187,7 +188,8 @@ class Pipeline:
         env["POSTWARDEN_TENANTS_FILE"] = str(tenants)
         self.smtp_port = free_port()
         children = [("stats", ["sink", "stats"], {}),
-                    ("worker", ["worker"], {}),
+                    *((f"worker-{i}" if i > 1 else "worker", ["worker"], {})
+                      for i in range(1, self.args.workers + 1)),
                     ("ingest", ["ingest"], {"POSTWARDEN_SMTP_PORT": str(self.smtp_port)})]
         if self.args.delivery:
             # The tenant's mailbox server: accepts and discards (aiosmtpd's Sink handler).
@@ -491,8 +493,14 @@ def main() -> None:
                     help="write a py-spy profile (collapsed stacks) per process of phase 1 here")
     ap.add_argument("--recipients", type=int, default=1000, help="distinct recipient addresses")
     ap.add_argument("--workdir", type=Path, help="keep data and logs here instead of a temporary directory")
+    ap.add_argument("--workers", type=int, default=1, help="Faust worker processes")
+    ap.add_argument("--env", action="append", default=[], metavar="POSTWARDEN_X=VALUE",
+                    help="a setting for every child process (repeatable)")
     ap.add_argument("--soak", type=float, default=0, help="seconds of offered load; prints memory growth")
     args = ap.parse_args()
+    if any("=" not in e or not e.startswith("POSTWARDEN_") for e in args.env):
+        ap.error("--env takes POSTWARDEN_NAME=VALUE")
+    args.env = dict(e.split("=", 1) for e in args.env)
 
     msgs = load_messages(max(args.messages, int(args.rate * max(args.duration, args.soak))))
     if args.workdir:

@@ -486,6 +486,15 @@ class Settings(BaseSettings):
     # Longest time a consumer's fetch waits for data. Brokers that do not answer a waiting
     # fetch when data arrives (Tansu) add up to this much latency per stage.
     consumer_fetch_wait_ms: int = Field(default=100, ge=1, le=10_000)
+    # Messages each worker scores at once: a serial score agent waits out every clamd
+    # round trip, and on busy cores each wait is a scheduling delay.
+    score_concurrency: int = Field(default=8, ge=1, le=256)
+    # How long the worker's producer waits to fill a batch: one produce request per
+    # few milliseconds instead of one per broker round trip (each costs both sides CPU).
+    producer_linger_ms: int = Field(default=5, ge=0, le=1000)
+    # Faust worker processes `postwarden up` runs; they share the partitions (at most
+    # topic_partitions do work). One process uses one core at most.
+    worker_processes: int = Field(default=1, ge=1, le=64)
 
     # --- virus rescans (issue 4): mail whose scan failed waits on mail.rescan ---
     # Seconds after receipt at which mail still unscanned is held as SCAN-UNAVAILABLE.

@@ -36,8 +36,26 @@ _PORT_OFFSET = {"ingest": 1, "worker": 2, "stats": 3, "web": 4, "delivery": 5, "
 
 
 def child_health_port(settings: Settings, name: str) -> int:
-    """Children of `up` get fixed health ports after POSTWARDEN_HEALTH_PORT."""
-    return settings.health_port + _PORT_OFFSET[name] if settings.health_port else 0
+    """Children of `up` get fixed health ports after POSTWARDEN_HEALTH_PORT.
+
+    Worker processes after the first are "worker-2", "worker-3", ..., on the ports
+    after the last fixed one.
+    """
+    if not settings.health_port:
+        return 0
+    if name.startswith("worker-"):
+        return settings.health_port + max(_PORT_OFFSET.values()) + int(name.split("-")[1]) - 1
+    return settings.health_port + _PORT_OFFSET[name]
+
+
+def child_names(settings: Settings) -> list[str]:
+    """In start order; the worker appears once per POSTWARDEN_WORKER_PROCESSES."""
+    names: list[str] = []
+    for name in CHILDREN:
+        names.append(name)
+        if name == "worker":
+            names += [f"worker-{i}" for i in range(2, settings.worker_processes + 1)]
+    return names
 
 
 @dataclass
@@ -113,8 +131,8 @@ class Supervisor:
         if self.broker is not None:
             up_marker.publish(self.settings.data_dir, bootstrap)
         wait_port_free(self.settings.smtp_host, self.settings.smtp_port, timeout=5)
-        for name in CHILDREN:
-            child = Child(name, [sys.executable, "-m", "postwarden.cli", *_ARGS[name]],
+        for name in child_names(self.settings):
+            child = Child(name, [sys.executable, "-m", "postwarden.cli", *_ARGS[name.split("-")[0]]],
                           self._env(bootstrap, name))
             child.start()
             self.children.append(child)
@@ -187,6 +205,11 @@ class Supervisor:
 def run_up(settings: Settings) -> int:
     setup_logging(settings.log_level)
     settings.tenants()  # a bad tenants file fails here, before anything starts
+    if settings.worker_processes > settings.topic_partitions:
+        print(f"postwarden up: POSTWARDEN_WORKER_PROCESSES={settings.worker_processes} is more than "
+              f"POSTWARDEN_TOPIC_PARTITIONS={settings.topic_partitions}: the extra workers would get "
+              "no partition", file=sys.stderr)
+        return 2
     sup = Supervisor(settings)
     signal.signal(signal.SIGTERM, sup.request_stop)
     signal.signal(signal.SIGINT, sup.request_stop)

@@ -47,6 +47,7 @@ app = faust.App(
     # and a refused changelog or output record kills the worker, which then replays it forever.
     # The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
     producer_max_request_size=settings.max_message_size + 256 * 1024,
+    producer_linger=settings.producer_linger_ms / 1000,
     autodiscover=False,
     broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class ClamdServer:
     signatures: dict[str, str] = field(default_factory=lambda: dict(EICAR_SIGNATURES))
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    scratch: Path | None = None
 
     @property
     def address(self) -> str:
@@ -61,7 +63,9 @@ class ClamdServer:
             f"TCPSocket {self.port}",
             f"LocalSocket {self.socket_path}",
             f"LogFile {self.workdir / 'clamd.log'}",
-            f"TemporaryDirectory {self.workdir}",
+            # clamd writes every stream and each MIME part it extracts to a file: on a
+            # memory filesystem that costs half the CPU per scan it costs on disk.
+            f"TemporaryDirectory {self._scratch_dir()}",
             # The daemon runs as whoever starts it; dropping to the clamav user
             # would lose access to this private directory.
             "User root" if _is_root() else "",
@@ -72,6 +76,13 @@ class ClamdServer:
             "",
         ]))
         return conf
+
+    def _scratch_dir(self) -> Path:
+        if self.scratch is None:
+            shm = Path("/dev/shm")
+            base = shm if shm.is_dir() and os.access(shm, os.W_OK) else self.workdir
+            self.scratch = Path(tempfile.mkdtemp(prefix="pw-clamd-", dir=base))
+        return self.scratch
 
     def start(self, timeout: float = 30.0) -> ClamdServer:
         conf = self._write_config()
@@ -93,6 +104,9 @@ class ClamdServer:
             if self.proc.stderr:
                 self.proc.stderr.close()
             self.proc = None
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = None
 
 
 def _is_root() -> bool:

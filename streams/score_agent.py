@@ -47,7 +47,9 @@ def fan_out(envelope: Envelope, raw: bytes, result) -> list[Verdict]:
     ]
 
 
-@app.agent(inbound)
+# Concurrent actors on one stream: Faust commits an offset only once every event
+# before it is done, so out-of-order completion keeps at-least-once.
+@app.agent(inbound, concurrency=settings.score_concurrency)
 async def score(stream):
     async for event in stream.events():
         try:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from urllib.parse import urlparse
 
 CHUNK = 64 * 1024
+_END = struct.pack("!I", 0)
 
 
 @dataclass(frozen=True)
@@ -44,11 +45,35 @@ class ClamdAddress:
         return f"unix://{self.path}" if self.path else f"tcp://{self.host}:{self.port}"
 
 
+class _Session:
+    """One clamd connection in IDSESSION mode: many INSTREAMs, replies tagged by number."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.requests = 0
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 class ClamdScanner:
-    def __init__(self, address: ClamdAddress, timeout: float = 30.0, connect_timeout: float = 2.0):
+    """INSTREAM over a few persistent IDSESSION connections.
+
+    A new connection per message cost the worker a connect and clamd a session
+    setup each time. A pooled connection that clamd closed meanwhile (idle timeout,
+    restart) fails before any reply; the scan is then retried once on a fresh
+    connection, so a restarted clamd costs no held message, and a clamd that is
+    down still gives a scan failure (the message is held).
+    """
+
+    def __init__(self, address: ClamdAddress, timeout: float = 30.0, connect_timeout: float = 2.0,
+                 pool_size: int = 4):
         self.address = address
         self.timeout = timeout
         self.connect_timeout = connect_timeout
+        self.pool_size = pool_size
+        self._idle: list[_Session] = []
 
     async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         if self.address.path:
@@ -72,31 +97,62 @@ class ClamdScanner:
             writer.close()
 
     async def scan(self, data: bytes) -> ScanResult:
+        while self._idle:
+            session = self._idle.pop()
+            try:
+                result = await asyncio.wait_for(self._instream(session, data), self.timeout)
+            except (OSError, asyncio.IncompleteReadError):
+                # Closed by clamd while idle: try the next connection, then a new one.
+                session.close()
+                continue
+            except (asyncio.TimeoutError, asyncio.LimitOverrunError) as exc:
+                session.close()
+                return ScanResult("error", error=f"instream: {type(exc).__name__}")
+            self._release(session, result)
+            return result
         try:
             reader, writer = await self._open()
         except (OSError, asyncio.TimeoutError) as exc:
             return ScanResult("error", error=f"connect: {type(exc).__name__}")
+        session = _Session(reader, writer)
         try:
-            return await asyncio.wait_for(self._instream(reader, writer, data), self.timeout)
+            writer.write(b"zIDSESSION\0")
+            result = await asyncio.wait_for(self._instream(session, data), self.timeout)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError) as exc:
+            session.close()
             return ScanResult("error", error=f"instream: {type(exc).__name__}")
-        finally:
-            writer.close()
+        self._release(session, result)
+        return result
 
-    async def _instream(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                        data: bytes) -> ScanResult:
-        writer.write(b"zINSTREAM\0")
+    def _release(self, session: _Session, result: ScanResult) -> None:
+        # After an error reply clamd may end the session: start the next scan afresh.
+        if result.status != "error" and len(self._idle) < self.pool_size:
+            self._idle.append(session)
+        else:
+            session.close()
+
+    async def _instream(self, session: _Session, data: bytes) -> ScanResult:
+        writer = session.writer
+        # One write per chunk, command and terminator included: each write is a send
+        # that wakes clamd, and most messages fit in one chunk.
+        head = b"zINSTREAM\0"
         view = memoryview(data)
         for start in range(0, len(view), CHUNK):
             chunk = view[start:start + CHUNK]
-            writer.write(struct.pack("!I", len(chunk)))
-            writer.write(chunk)
+            tail = _END if start + CHUNK >= len(view) else b""
+            writer.write(b"".join((head, struct.pack("!I", len(chunk)), chunk, tail)))
+            head = b""
             await writer.drain()
-        writer.write(struct.pack("!I", 0))
-        await writer.drain()
-        reply = (await reader.readuntil(b"\0")).rstrip(b"\0").decode("utf-8", "replace")
-        return parse_reply(reply)
+        if not view:
+            writer.write(head + _END)
+            await writer.drain()
+        session.requests += 1
+        reply = (await session.reader.readuntil(b"\0")).rstrip(b"\0").decode("utf-8", "replace")
+        number, _, rest = reply.partition(": ")
+        if number != str(session.requests):
+            return ScanResult("error", error=f"reply out of sequence: {reply[:200]}")
+        return parse_reply(rest)
 
 
 def parse_reply(reply: str) -> ScanResult:

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from postwarden.local_services import free_port
+from streams.clamd_service import ClamdServer
 from postwarden.records import Envelope
 from streams.scoring_engine import SCAN_UNAVAILABLE, ScoringEngine
 from streams.virus_scanner import ClamdAddress, ClamdScanner, parse_reply
@@ -50,6 +51,33 @@ async def test_clean_mail_is_scanned_and_clean(clamd):
     engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress.parse(clamd.address)))
     result = await engine.score(plain_message(), envelope())
     assert result.virus is None and "unscanned" not in result.categories and result.verdict == "clean"
+
+
+async def test_one_connection_serves_many_scans(clamd):
+    scanner = ClamdScanner(ClamdAddress.parse(clamd.address))
+    # Empty, one chunk, and several 64 KB chunks with the signature in the last.
+    results = [await scanner.scan(raw) for raw in (b"a", EICAR, b"", b"x" * 200_000 + EICAR, b"c")]
+    assert [r.status for r in results] == ["clean", "infected", "clean", "infected", "clean"]
+    [session] = scanner._idle
+    assert session.requests == 5
+
+
+async def test_restarted_daemon_costs_no_failed_scan(tmp_path):
+    server = ClamdServer(tmp_path / "clamd").start()
+    try:
+        scanner = ClamdScanner(ClamdAddress.parse(server.address), timeout=5, connect_timeout=1)
+        assert (await scanner.scan(b"before")).status == "clean"
+        [stale] = scanner._idle
+        server.stop()
+        server.start()
+        # The pooled connection died with the old daemon: the scan moves to a new one.
+        assert (await scanner.scan(EICAR)).status == "infected"
+        assert scanner._idle and scanner._idle[0] is not stale
+        server.stop()
+        down = await scanner.scan(b"while down")
+        assert down.status == "error" and not scanner._idle
+    finally:
+        server.stop()
 
 
 async def test_daemon_down_holds_the_message(caplog):
