@@ -7,6 +7,7 @@ their own, and are stopped by PID.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.resources
 import os
 import shutil
@@ -29,6 +30,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """preexec_fn (Linux): the child gets SIGTERM when its parent dies, even by SIGKILL,
+    so a killed `postwarden up` leaves no broker, worker or SMTP listener behind."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def wait_for_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
@@ -111,6 +121,8 @@ class SeaweedFS:
         default_factory=lambda: tuple(free_port_pair() for _ in range(4)))  # type: ignore[assignment]
     proc: subprocess.Popen | None = None
     bucket: str = "tansu"
+    # Stop with the process that started it (see die_with_parent); `up` sets it.
+    tied_to_parent: bool = False
 
     @property
     def s3_port(self) -> int:
@@ -138,7 +150,8 @@ class SeaweedFS:
         ]
         log = open(self.directory / "seaweedfs.log", "ab")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=self.directory,
-                                     start_new_session=True)
+                                     start_new_session=True,
+                                     preexec_fn=die_with_parent if self.tied_to_parent else None)
         wait_for_port("127.0.0.1", self.s3_port, timeout, self.proc)
         return self
 
@@ -156,6 +169,7 @@ class Tansu:
     log_path: Path | None = None
     proc: subprocess.Popen | None = None
     s3: SeaweedFS | None = None
+    tied_to_parent: bool = False
 
     @property
     def bootstrap(self) -> str:
@@ -183,7 +197,8 @@ class Tansu:
         wait_port_free("127.0.0.1", self.port)
         out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT,
-                                     env=self.environment(), start_new_session=True)
+                                     env=self.environment(), start_new_session=True,
+                                     preexec_fn=die_with_parent if self.tied_to_parent else None)
         wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         return self
 

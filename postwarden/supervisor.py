@@ -22,7 +22,9 @@ from kafka.errors import KafkaError
 from postwarden import up_marker
 from postwarden.config import Settings
 from postwarden.kafka_security import client_kwargs
-from postwarden.local_services import SeaweedFS, ServiceError, Tansu, stop_pid, wait_port_free
+from postwarden.local_services import (
+    SeaweedFS, ServiceError, Tansu, die_with_parent, stop_pid, wait_port_free,
+)
 from postwarden.logs import setup_logging
 from postwarden.topics import create_topics
 
@@ -70,7 +72,8 @@ class Child:
 
     def start(self) -> None:
         # Own session: Ctrl-C reaches the supervisor alone, which stops children in order.
-        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True)
+        self.proc = subprocess.Popen(self.argv, env=self.env, start_new_session=True,
+                                     preexec_fn=die_with_parent)
         self.started_at = time.monotonic()
         log.info("started", extra={"child": self.name, "pid": self.proc.pid})
 
@@ -105,11 +108,11 @@ class Supervisor:
         if self.settings.local_broker_storage == "disk":
             base = self.settings.local_storage_port
             self.storage = SeaweedFS(self.settings.data_dir / "broker",
-                                     ports=(base, base + 1, base + 2, base + 3))
+                                     ports=(base, base + 1, base + 2, base + 3), tied_to_parent=True)
             self.storage.start()
             log.info("broker storage started", extra={"child": "seaweedfs", "pid": self.storage.proc.pid})
         self.broker = Tansu(port=self.settings.local_broker_port, log_path=logs / "tansu.log",
-                            s3=self.storage)
+                            s3=self.storage, tied_to_parent=True)
         self.broker.start()
         log.info("local broker started", extra={"child": "tansu", "pid": self.broker.proc.pid})
         return self.broker.bootstrap

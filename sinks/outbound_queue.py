@@ -10,7 +10,6 @@ appear only when an operator asks about one message id.
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from kafka import KafkaConsumer, TopicPartition
 
 from postwarden.records import RecordError, RoutedMessage
+from postwarden.topic_scan import records_until_end
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks.retry_schedule import DeliveryRetry
 
@@ -90,13 +90,13 @@ def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None
         known = consumer.partitions_for_topic(DELIVER.name) or set()
         wanted = sorted(known if partitions is None else set(partitions) & known)
         done: set[str] = set()
-        for tp, record in _read(consumer, [TopicPartition(DELIVERED.name, p) for p in wanted],
+        for tp, record in records_until_end(consumer, [TopicPartition(DELIVERED.name, p) for p in wanted],
                                 False, timeout):
             if record.key is not None:
                 done.add(record.key.decode())
         sources = [TopicPartition(t, p) for t in (DELIVER.name, *(s.name for s in DELIVER_RETRY_TIERS))
                    for p in wanted]
-        for tp, record in _read(consumer, sources, True, timeout):
+        for tp, record in records_until_end(consumer, sources, True, timeout):
             with contextlib.suppress(RecordError):
                 if tp.topic == DELIVER.name:
                     msg = RoutedMessage.decode(record.value)
@@ -112,26 +112,3 @@ def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None
         return index
     finally:
         consumer.close(autocommit=False)
-
-
-def _read(consumer: KafkaConsumer, tps: list[TopicPartition], from_committed: bool,
-          timeout: float):
-    if not tps:
-        return
-    consumer.assign(tps)
-    consumer.seek_to_beginning(*tps)
-    if from_committed:
-        for tp in tps:
-            committed = consumer.committed(tp)
-            if committed is not None:
-                consumer.seek(tp, committed)
-    ends = consumer.end_offsets(tps)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = consumer.poll(timeout_ms=300, max_records=5000)
-        for tp, records in batch.items():
-            for record in records:
-                yield tp, record
-        # Some brokers report the end too early; an empty poll past it is the real end.
-        if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
-            return

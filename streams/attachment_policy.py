@@ -129,14 +129,25 @@ def _check_content(name: str, data: bytes, depth: int, report: AttachmentReport)
         _check_rar(data, depth + 1, report)
 
 
+def _too_deep(depth: int, report: AttachmentReport) -> bool:
+    report.archive_too_deep |= depth > MAX_ARCHIVE_DEPTH
+    return depth > MAX_ARCHIVE_DEPTH
+
+
+def _capped(members: list, report: AttachmentReport) -> list:
+    """At most MAX_MEMBERS members; more is itself a sign of a bomb."""
+    if len(members) > MAX_MEMBERS:
+        report.archive_bomb = True
+    return members[:MAX_MEMBERS]
+
+
 def _expands_like_a_bomb(expanded: int, compressed: int) -> bool:
     """Declared sizes past the absolute limit, or a ratio no real document has."""
     return expanded > MAX_EXPANDED_BYTES or (expanded > 1024 * 1024 and expanded > MAX_RATIO * max(compressed, 1))
 
 
 def _check_zip(data: bytes, depth: int, report: AttachmentReport) -> None:
-    if depth > MAX_ARCHIVE_DEPTH:
-        report.archive_too_deep = True
+    if _too_deep(depth, report):
         return
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
@@ -144,9 +155,7 @@ def _check_zip(data: bytes, depth: int, report: AttachmentReport) -> None:
     except (zipfile.BadZipFile, ValueError, OSError, NotImplementedError, EOFError):
         report.corrupt_archive = True
         return
-    if len(members) > MAX_MEMBERS:
-        report.archive_bomb = True
-        members = members[:MAX_MEMBERS]
+    members = _capped(members, report)
     if _expands_like_a_bomb(sum(m.file_size for m in members), sum(m.compress_size for m in members)):
         report.archive_bomb = True
         return
@@ -228,8 +237,7 @@ _ARCHIVE_KINDS = frozenset({"zip", "7z", "rar"})
 
 
 def _check_7z(data: bytes, depth: int, report: AttachmentReport) -> None:
-    if depth > MAX_ARCHIVE_DEPTH:
-        report.archive_too_deep = True
+    if _too_deep(depth, report):
         return
     try:
         archive = py7zr.SevenZipFile(io.BytesIO(data))
@@ -241,9 +249,7 @@ def _check_7z(data: bytes, depth: int, report: AttachmentReport) -> None:
     except Exception:  # py7zr raises many unrelated types on damaged input
         report.corrupt_archive = True
         return
-    if len(members) > MAX_MEMBERS:
-        report.archive_bomb = True
-        members = members[:MAX_MEMBERS]
+    members = _capped(members, report)
     for member in members:
         _check_name(member.filename, report)
     # Solid archives give one packed size for many members: compare with the whole archive.
@@ -268,8 +274,7 @@ def _check_7z(data: bytes, depth: int, report: AttachmentReport) -> None:
 
 
 def _check_rar(data: bytes, depth: int, report: AttachmentReport) -> None:
-    if depth > MAX_ARCHIVE_DEPTH:
-        report.archive_too_deep = True
+    if _too_deep(depth, report):
         return
     try:
         archive = rarfile.RarFile(io.BytesIO(data))
@@ -288,9 +293,7 @@ def _check_rar(data: bytes, depth: int, report: AttachmentReport) -> None:
         report.corrupt_archive = True
     if encrypted:
         report.encrypted_archive = True
-    if len(members) > MAX_MEMBERS:
-        report.archive_bomb = True
-        members = members[:MAX_MEMBERS]
+    members = _capped(members, report)
     for member in members:
         _check_name(member.filename, report)
     if _expands_like_a_bomb(sum(m.file_size or 0 for m in members),

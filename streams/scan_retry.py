@@ -158,6 +158,8 @@ def scan_rescan_queue(bootstrap: list[str], group_id: str, timeout: float = 30.0
     """
     from kafka import KafkaConsumer, TopicPartition
 
+    from postwarden.topic_scan import records_until_end
+
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              client_id="postwarden-queue", consumer_timeout_ms=500,
@@ -166,25 +168,10 @@ def scan_rescan_queue(bootstrap: list[str], group_id: str, timeout: float = 30.0
     try:
         tps = [TopicPartition(RESCAN.name, p)
                for p in sorted(consumer.partitions_for_topic(RESCAN.name) or ())]
-        if tps:
-            consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
-            for tp in tps:
-                committed = consumer.committed(tp)
-                if committed is not None:
-                    consumer.seek(tp, committed)
-            ends = consumer.end_offsets(tps)
-            stop = time.monotonic() + timeout
-            while time.monotonic() < stop:
-                batch = consumer.poll(timeout_ms=300, max_records=1000)
-                for records in batch.values():
-                    for record in records:
-                        with contextlib.suppress(RecordError):
-                            retry = ScanRetry.decode(record.value)
-                            received[retry.message_id] = retry.received_at
-                # Some brokers report the end too early; an empty poll past it is the real end.
-                if not batch and all(consumer.position(tp) >= ends[tp] for tp in tps):
-                    break
+        for _, record in records_until_end(consumer, tps, True, timeout):
+            with contextlib.suppress(RecordError):
+                retry = ScanRetry.decode(record.value)
+                received[retry.message_id] = retry.received_at
     finally:
         consumer.close(autocommit=False)
     now = time.time() if now is None else now

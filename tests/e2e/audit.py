@@ -35,8 +35,9 @@ from kafka import KafkaConsumer, TopicPartition
 from postwarden import internal_api
 from postwarden.held_mail import HeldMessage
 from postwarden.keyring import Keyring
-from postwarden.records import RecordError, RoutedMessage
-from postwarden.topics import DELIVER, QUARANTINE
+from postwarden.records import Envelope, RecordError, RoutedMessage, Verdict
+from postwarden.topics import DELIVER, INBOUND, QUARANTINE, RESCAN, VERDICTS
+from streams.scan_retry import ScanRetry
 from tests.conftest import ARTIFACTS, REPO
 from tests.smtp_servers import Received
 
@@ -260,6 +261,34 @@ def topic_copies(bootstrap: str, keys: set[Key]) -> Counter:
     return copies
 
 
+def trail(bootstrap: str, keys: Iterable[Key]) -> dict[str, list[str]]:
+    """Where lost recipients stopped: the topics each one reached (for the failure message)."""
+    from tests.kafka_reader import read_topic
+
+    def inbound(r):
+        envelope = Envelope.from_headers(r.headers)
+        return [(envelope.message_id, rcpt) for rcpt in envelope.rcpt_tos]
+
+    decoders = {INBOUND.name: inbound,
+                VERDICTS.name: lambda r: [((v := Verdict.decode(r.value)).message_id, v.recipient)],
+                RESCAN.name: lambda r: [(ScanRetry.decode(r.value).message_id, None)],
+                DELIVER.name: lambda r: [RoutedMessage.decode(r.value).dedupe_key],
+                QUARANTINE.name: lambda r: [HeldMessage.decode(r.value).dedupe_key]}
+    wanted = set(keys)
+    found: dict[Key, list[str]] = {k: [] for k in wanted}
+    for topic, decode in decoders.items():
+        for record in read_topic(bootstrap, topic, lambda r: False, timeout=1.5):
+            try:
+                pairs = decode(record)
+            except (RecordError, ValueError, KeyError):
+                continue
+            for message_id, recipient in pairs:
+                for key in wanted:
+                    if key[0] == message_id and recipient in (None, key[1]):
+                        found[key].append(f"{topic}[{record.partition}]@{record.offset}")
+    return found
+
+
 # --- the audit ----------------------------------------------------------------------------
 
 
@@ -291,7 +320,8 @@ def audit(ledger: Ledger, received: Callable[[], list[Received]], quarantine: Qu
         time.sleep(0.5)
 
     missing = sorted(wanted - seen)
-    assert not missing, f"{len(missing)} accepted recipients lost, e.g. {missing[:3]}; lag: {behind}"
+    assert not missing, (f"{len(missing)} accepted recipients lost, e.g. {missing[:3]}; "
+                         f"lag: {lagging(bootstrap, groups)}; reached: {trail(bootstrap, missing[:5])}")
     assert not behind, f"pipeline did not settle: {behind}"
     both = sorted(k for k in wanted if d_copies[k] and q_copies[k])
     assert not both, f"delivered and quarantined: {both[:3]}"
