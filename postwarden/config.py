@@ -495,6 +495,10 @@ class Settings(BaseSettings):
     # Faust worker processes `postwarden up` runs; they share the partitions (at most
     # topic_partitions do work). One process uses one core at most.
     worker_processes: int = Field(default=1, ge=1, le=64)
+    # Batch size of the producer that writes table changelogs, when it differs from
+    # producer_max_batch_size: `postwarden up` sets 1 for Tansu's recovery bug, which only
+    # changelogs meet, so the mail topics keep full batches.
+    changelog_max_batch_size: int = Field(default=16384, ge=1)
 
     # --- virus rescans (issue 4): mail whose scan failed waits on mail.rescan ---
     # Seconds after receipt at which mail still unscanned is held as SCAN-UNAVAILABLE.

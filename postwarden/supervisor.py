@@ -94,8 +94,9 @@ class Supervisor:
         if self.settings.tenants_file:
             env["POSTWARDEN_TENANTS_FILE"] = str(self.settings.tenants_file.resolve())
         if self.broker is not None:
-            # Tansu's changelog recovery misses the last batch unless batches hold one record.
-            env["POSTWARDEN_PRODUCER_MAX_BATCH_SIZE"] = "1"
+            # Tansu's changelog recovery misses the last batch unless batches hold one record;
+            # only changelogs are recovered that way, the mail topics keep full batches.
+            env["POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE"] = "1"
         if name == "web" and child_health_port(self.settings, "worker"):
             env["POSTWARDEN_WORKER_URL"] = f"http://127.0.0.1:{child_health_port(self.settings, 'worker')}"
         return env
