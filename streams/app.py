@@ -82,6 +82,18 @@ class _Consumer(kafka_driver.Consumer):
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def _new_offset(self, tp):
+        # Faust commits the first run of acked offsets even when a message before it is
+        # still being processed: its head-gap check is off by one and skipped until this
+        # worker's first commit. With a concurrent agent (the score agent) that committed
+        # past a message whose actor had not finished it; a SIGKILL then lost it.
+        acked = self._acked[tp]
+        if acked:
+            running = [m.offset for m in list(self._unacked_messages) if m.tp == tp and not m.acked]
+            if running and min(running) < min(acked):
+                return None
+        return super()._new_offset(tp)
+
     async def _commit(self, offsets) -> bool:
         # Faust flushes only app.producer before committing: table writes of the
         # committed events must be on their changelogs too.

@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import TP, Message
 from yarl import URL
 
 from postwarden.config import ConfigError, Settings, load_settings
@@ -72,3 +73,26 @@ def test_changelogs_get_their_own_producer_with_their_batch_size(broker, monkeyp
     asyncio.run(asyncio.wait_for(main(), 30))
     assert [f.result().offset for f in sent] == [0, 1, 2]
 
+
+
+@pytest.mark.parametrize("committed", [None, 37])
+def test_commit_never_passes_a_message_an_actor_is_still_processing(committed, monkeypatch):
+    # Concurrent actors ack out of order: 38 and 39 are done while 37 is still running.
+    consumer = app_module.app.consumer
+    monkeypatch.setattr(app_module.app.topics, "acks_enabled_for", lambda topic: True)
+    tp = TP("mail.inbound", 0)
+    consumer._committed_offset[tp] = committed
+    messages = {o: Message("mail.inbound", 0, o, 0.0, 0, {}, b"k", b"v", None, tp=tp) for o in (37, 38, 39)}
+    try:
+        for m in messages.values():
+            consumer.track_message(m)
+        assert consumer.ack(messages[38]) and consumer.ack(messages[39])
+        assert consumer._new_offset(tp) is None
+        consumer.ack(messages[37])
+        assert consumer._new_offset(tp) == 40
+    finally:
+        consumer._acked.pop(tp, None)
+        consumer._acked_index.pop(tp, None)
+        consumer._committed_offset.pop(tp, None)
+        for m in messages.values():
+            consumer._unacked_messages.discard(m)
