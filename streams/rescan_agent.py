@@ -12,8 +12,8 @@ import logging
 
 from prometheus_client import Counter, Gauge
 
-from postwarden.records import RecordError
-from streams.app import app, settings
+from postwarden.records import Envelope
+from streams.app import app, decoded, settings
 from streams.scan_retry import Rescanner, ScanRetry
 from streams.score_agent import fan_out, rescans, scorer, verdicts
 
@@ -40,6 +40,11 @@ def _rescanner(should_yield) -> Rescanner:
                      should_yield=should_yield)
 
 
+def _parsed(value: bytes) -> tuple[bytes, ScanRetry, Envelope]:
+    retry = ScanRetry.decode(value)
+    return value, retry, retry.decoded_envelope()
+
+
 @app.agent(rescans)
 async def rescan(stream):
     # A rebalance that started after the record was taken wants it back: its count moved
@@ -49,15 +54,9 @@ async def rescan(stream):
     taken_in = app.rebalancing_count
     rescanner = _rescanner(lambda: (app.rebalancing_count != taken_in
                                     or not app.flow_control.is_active() or app.should_stop))
-    async for value in stream:
+    async for value, retry, envelope in decoded(stream, _parsed, "rescan record"):
         taken_in = app.rebalancing_count
-        try:
-            retry = ScanRetry.decode(value)
-            envelope = retry.decoded_envelope()
-        except RecordError as exc:
-            log.error("skipping undecodable rescan record", extra={"reason": str(exc)})
-            continue
-        done = await rescanner.rescan(retry)
+        done = await rescanner.rescan(retry, envelope)
         RESCANNED.labels(done.outcome).inc()
         if done.result is None:
             await rescans.send(key=retry.message_id.encode(), value=value)

@@ -101,8 +101,8 @@ class Rescanner:
         self.on_wait = on_wait or (lambda waiting: None)
         self.should_yield = should_yield or (lambda: False)
 
-    async def rescan(self, retry: ScanRetry) -> Rescanned:
-        envelope = retry.decoded_envelope()
+    async def rescan(self, retry: ScanRetry, envelope: Envelope | None = None) -> Rescanned:
+        envelope = envelope or retry.decoded_envelope()
         deadline = retry.received_at + self.max_age
         started = self.clock()
         failures_while_up = 0
