@@ -2,6 +2,9 @@
 
 mail.verdicts is keyed by recipient and co-partitioned with the users table
 (streams.mailbox), so the user's settings are read locally, no remote call.
+A verdict whose recipient's partition is already active on the worker that
+scored it skips that topic (``submit``): the hop only moves it to where the
+user's state is, and it cost a fifth of the worker's CPU per message.
 Held mail is sealed here, before it is written to mail.quarantine: no topic
 after the policy stage holds a quarantined message in clear.
 """
@@ -11,13 +14,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections.abc import Iterable
+
+from faust.types import TP
 
 from prometheus_client import Counter
 
 from postwarden.held_mail import seal_held
 from postwarden.records import RoutedMessage, Verdict
 from postwarden.sealing import Sealer
-from postwarden.topics import DELIVER, EVENTS, QUARANTINE, VERDICTS
+from postwarden.topics import DELIVER, EVENTS, QUARANTINE, USERS_CHANGELOG, VERDICTS
 from postwarden.users import effective
 from streams.app import app, decoded, settings, topic
 from streams.mailbox import user_record
@@ -43,29 +49,70 @@ def route(verdict: Verdict) -> tuple[str, str]:
     return decide(verdict, tenant, settings_)
 
 
+def _active_here(key: bytes) -> bool:
+    """Whether mail.verdicts' partition of ``key``, and so the users table's, is active on
+    this worker now (a worker in a rebalance or still recovering tables owns nothing)."""
+    if app.rebalancing or app.in_recovery:
+        return False
+    partition = app.consumer.key_partition(VERDICTS.name, key)
+    if partition is None:
+        return False
+    actives = app.assignor.assigned_actives()
+    return TP(VERDICTS.name, partition) in actives and TP(USERS_CHANGELOG.name, partition) in actives
+
+
+async def submit(verdicts_: Iterable[Verdict]) -> int:
+    """Routes each verdict here when its recipient's state is on this worker, else sends
+    it to mail.verdicts for the worker that has it; returns how many were routed here.
+
+    Both ways the outputs are sent before the caller's input offset is committed, so a
+    crash replays the message either way (delivery and the quarantine store dedupe).
+    """
+    here = 0
+    for verdict in verdicts_:
+        verdict = _lowercased(verdict)
+        key = verdict.recipient.encode()
+        if _active_here(key):
+            await apply(verdict)
+            here += 1
+        else:
+            await verdicts.send(key=key, value=verdict.encode())
+    return here
+
+
+def _lowercased(verdict: Verdict) -> Verdict:
+    # Per-user state is keyed by the lowercased address.
+    lower = verdict.recipient.lower()
+    return verdict if lower == verdict.recipient else dataclasses.replace(verdict, recipient=lower)
+
+
+async def apply(verdict: Verdict) -> None:
+    """Routes one recipient's verdict by their settings; their partition must be active here."""
+    action, reason = route(verdict)
+    routed = RoutedMessage(
+        message_id=verdict.message_id, tenant=verdict.tenant, recipient=verdict.recipient,
+        mail_from=verdict.mail_from, action=action, reason=reason,
+        spam_score=verdict.spam_score, virus=verdict.virus, categories=verdict.categories,
+        rules=verdict.rules, received_at=verdict.received_at, raw=verdict.raw,
+    )
+    if action == "deliver":
+        await deliver.send(key=verdict.tenant.encode(), value=routed.encode())
+    else:
+        held = seal_held(sealer, routed)
+        await quarantine.send(key=verdict.recipient.encode(), value=held.encode())
+    await events.send(key=verdict.tenant.encode(),
+                      value=anonymous_event(verdict, action, time.time()).encode())
+    ROUTED.labels(action).inc()
+    log.info("routed", extra={"message_id": verdict.message_id, "tenant": verdict.tenant,
+                              "status": action, "reason": reason})
+
+
 @app.agent(verdicts)
 async def policy(stream):
     async for verdict in decoded(stream, Verdict.decode, "verdict"):
         if verdict.recipient != verdict.recipient.lower():
-            # Per-user state is keyed by the lowercased address: move the verdict to that
-            # key's partition first, where the user's settings and quarantine live.
-            verdict = dataclasses.replace(verdict, recipient=verdict.recipient.lower())
-            await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
+            # Written by a version that did not lowercase: move the verdict to its
+            # lowercased key's partition first, where the user's state lives.
+            await submit([verdict])
             continue
-        action, reason = route(verdict)
-        routed = RoutedMessage(
-            message_id=verdict.message_id, tenant=verdict.tenant, recipient=verdict.recipient,
-            mail_from=verdict.mail_from, action=action, reason=reason,
-            spam_score=verdict.spam_score, virus=verdict.virus, categories=verdict.categories,
-            rules=verdict.rules, received_at=verdict.received_at, raw=verdict.raw,
-        )
-        if action == "deliver":
-            await deliver.send(key=verdict.tenant.encode(), value=routed.encode())
-        else:
-            held = seal_held(sealer, routed)
-            await quarantine.send(key=verdict.recipient.encode(), value=held.encode())
-        await events.send(key=verdict.tenant.encode(),
-                          value=anonymous_event(verdict, action, time.time()).encode())
-        ROUTED.labels(action).inc()
-        log.info("routed", extra={"message_id": verdict.message_id, "tenant": verdict.tenant,
-                                  "status": action, "reason": reason})
+        await apply(verdict)

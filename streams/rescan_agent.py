@@ -1,4 +1,4 @@
-"""Rescan agent: mail.rescan -> verdicts on mail.verdicts once ClamAV can scan it.
+"""Rescan agent: mail.rescan -> verdicts for the policy stage once ClamAV can scan it.
 
 See streams.scan_retry for the design. The agent holds the head of a partition
 while clamd is down: everything behind it needs clamd too, so nothing is
@@ -15,7 +15,8 @@ from prometheus_client import Counter, Gauge
 from postwarden.records import Envelope
 from streams.app import app, decoded, settings
 from streams.scan_retry import Rescanner, ScanRetry
-from streams.score_agent import fan_out, rescans, scorer, verdicts
+from streams import policy_agent
+from streams.score_agent import fan_out, rescans, scorer
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,7 @@ async def rescan(stream):
             log.info("rescan requeued for a rebalance", extra={
                 "message_id": retry.message_id, "tenant": retry.tenant})
             continue
-        for verdict in fan_out(envelope, retry.raw, done.result):
-            await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
+        await policy_agent.submit(fan_out(envelope, retry.raw, done.result))
         log.info("rescanned", extra={"message_id": retry.message_id, "tenant": retry.tenant,
                                      "status": done.outcome,
                                      "elapsed_ms": round(done.waited * 1000)})

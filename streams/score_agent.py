@@ -1,4 +1,4 @@
-"""Score agent: mail.inbound -> one Verdict per recipient on mail.verdicts.
+"""Score agent: mail.inbound -> one Verdict per recipient, for the policy stage.
 
 Mail that could not be virus-scanned (clamd unreachable) goes to mail.rescan
 instead, where streams.rescan_agent scans it again before it is routed.
@@ -12,7 +12,8 @@ import time
 from prometheus_client import Counter
 
 from postwarden.records import Envelope, RecordError, RuleHit, Verdict
-from postwarden.topics import INBOUND, RESCAN, VERDICTS
+from postwarden.topics import INBOUND, RESCAN
+from streams import policy_agent
 from streams.app import app, settings, topic
 from streams.scan_retry import ScanRetry, scan_failed
 from streams.scorer import Scorer
@@ -27,7 +28,6 @@ DEFERRED = Counter("postwarden_rescan_deferred_total",
                    "Messages put on mail.rescan because ClamAV could not scan them")
 
 inbound = topic(INBOUND)
-verdicts = topic(VERDICTS)
 rescans = topic(RESCAN)
 scorer: Scorer = ScoringEngine.from_settings(settings)
 
@@ -69,5 +69,4 @@ async def score(stream):
             await rescans.send(key=envelope.message_id.encode(), value=retry.encode())
             DEFERRED.inc()
             continue
-        for verdict in fan_out(envelope, raw, result):
-            await verdicts.send(key=verdict.recipient.encode(), value=verdict.encode())
+        await policy_agent.submit(fan_out(envelope, raw, result))
