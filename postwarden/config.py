@@ -412,6 +412,11 @@ class Settings(BaseSettings):
     # Scoring. ClamAV at tcp://host:port or unix:///path; empty disables virus
     # scanning (verdicts then say "unscanned", never "clean").
     clamd_address: str = ""
+    # With clamd_address empty, `postwarden up` starts clamd itself on a unix socket under
+    # data_dir, with the EICAR test signature and the ClamAV databases found in
+    # local_clamd_databases (kept current by freshclam where the machine runs it).
+    local_clamd: bool = True
+    local_clamd_databases: Path = Path("/var/lib/clamav")
     clamd_timeout: float = Field(default=30.0, gt=0, le=600)
     clamd_connect_timeout: float = Field(default=2.0, gt=0, le=60)
     # Resolvers for SPF/DKIM/DMARC, host[:port] comma separated; empty disables them.

@@ -27,6 +27,7 @@ from postwarden.local_services import (
 )
 from postwarden.logs import setup_logging
 from postwarden.topics import create_topics
+from streams.clamd_service import ClamdServer, clamd_binary
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Supervisor:
         self.settings = settings
         self.broker: Tansu | None = None
         self.storage: SeaweedFS | None = None
+        self.clamd: ClamdServer | None = None
         self.children: list[Child] = []
         self._stop = threading.Event()
 
@@ -97,6 +99,8 @@ class Supervisor:
             # Tansu's changelog recovery misses the last batch unless batches hold one record;
             # only changelogs are recovered that way, the mail topics keep full batches.
             env["POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE"] = "1"
+        if self.clamd is not None:
+            env["POSTWARDEN_CLAMD_ADDRESS"] = self.clamd.unix_address
         if name == "web" and child_health_port(self.settings, "worker"):
             env["POSTWARDEN_WORKER_URL"] = f"http://127.0.0.1:{child_health_port(self.settings, 'worker')}"
         return env
@@ -118,6 +122,23 @@ class Supervisor:
         log.info("local broker started", extra={"child": "tansu", "pid": self.broker.proc.pid})
         return self.broker.bootstrap
 
+    def _start_clamd(self) -> None:
+        if self.settings.clamd_address or not self.settings.local_clamd:
+            return
+        try:
+            clamd_binary()
+        except ServiceError as exc:
+            log.warning("no virus scanner: verdicts say unscanned", extra={"reason": str(exc)})
+            return
+        self.clamd = ClamdServer(self.settings.data_dir.resolve() / "clamd",
+                                 databases=self.settings.local_clamd_databases, tied_to_parent=True)
+        if not self.clamd.database_files():
+            log.warning("clamd has only the EICAR test signature: run freshclam for ClamAV's databases",
+                        extra={"child": "clamd"})
+        # A full ClamAV database takes a while to load.
+        self.clamd.start(timeout=180)
+        log.info("virus scanner started", extra={"child": "clamd", "pid": self.clamd.proc.pid})
+
     def _create_topics(self, bootstrap: str) -> None:
         create_topics(bootstrap.split(","), self.settings.topic_partitions,
                       self.settings.replication_factor, timeout=60,
@@ -130,6 +151,12 @@ class Supervisor:
             self._create_topics(bootstrap)
         except (ServiceError, KafkaError, OSError) as exc:
             print(f"postwarden up: cannot start the broker: {exc}", file=sys.stderr)
+            self._shutdown()
+            return 1
+        try:
+            self._start_clamd()
+        except ServiceError as exc:
+            print(f"postwarden up: cannot start clamd: {exc}", file=sys.stderr)
             self._shutdown()
             return 1
         if self.broker is not None:
@@ -157,6 +184,13 @@ class Supervisor:
             self.broker.start()
             # With memory storage a restarted broker has no topics until we create them again.
             self._create_topics(bootstrap)
+        if self.clamd and self.clamd.proc and self.clamd.proc.poll() is not None:
+            # Meanwhile the workers hold mail on mail.rescan, never passing it unscanned.
+            log.error("clamd exited, restarting", extra={
+                "child": "clamd", "returncode": self.clamd.proc.returncode})
+            self.clamd.stop()
+            self.clamd.start(timeout=180)
+            log.info("virus scanner started", extra={"child": "clamd", "pid": self.clamd.proc.pid})
         for child in self.children:
             if child.proc is None or child.proc.poll() is None:
                 if child.proc and time.monotonic() - child.started_at > 60:
@@ -182,6 +216,7 @@ class Supervisor:
             f"  Health/metrics: http://{s.health_host}:{child_health_port(s, 'ingest')}/metrics (ingest), "
             f":{child_health_port(s, 'worker')} (worker), :{child_health_port(s, 'stats')} (stats sink)\n"
             f"  Message Center: {s.public_url}  (users: postwarden users import, or the API at /api/v1)\n"
+            f"  Virus scan:    {self._virus_scan()}\n"
             f"  Analytics:     {s.clickhouse_url or 'embedded ClickHouse at ' + str((s.data_dir / 'clickhouse').resolve())}\n"
             "Send a message:\n"
             f"  postwarden send examples/hello.eml --to alice@{domain}\n"
@@ -190,6 +225,13 @@ class Supervisor:
             "Stop with Ctrl-C.\n",
             flush=True,
         )
+
+    def _virus_scan(self) -> str:
+        if self.clamd is None:
+            return self.settings.clamd_address or "off (clamd not installed, or POSTWARDEN_LOCAL_CLAMD=false)"
+        n = len(self.clamd.database_files())
+        return (f"clamd at {self.clamd.unix_address} ("
+                + (f"{n} ClamAV database files)" if n else "EICAR test signature only; run freshclam)"))
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -200,6 +242,8 @@ class Supervisor:
             if child.proc is not None:
                 stop_pid(child.proc, timeout=15)
                 log.info("stopped", extra={"child": child.name, "returncode": child.proc.returncode})
+        if self.clamd:
+            self.clamd.stop()
         if self.broker:
             self.broker.stop()
         if self.storage:

@@ -14,13 +14,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from postwarden.local_services import ServiceError, free_port, stop_pid, wait_for_port
+from postwarden.local_services import ServiceError, die_with_parent, free_port, stop_pid, wait_for_port
 
 EICAR = rb"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*"
 EICAR_SIGNATURES = {
     # Body signature, matched anywhere in any file clamd extracts (MIME parts, archive members).
     "eicar.ndb": f"Eicar-Test-Signature:0:*:{EICAR.hex()}\n",
 }
+# Files of a ClamAV database directory that hold signatures (freshclam's and hand-made).
+DATABASE_SUFFIXES = (".cvd", ".cld", ".cud", ".ndb", ".hdb", ".hsb", ".mdb", ".msb", ".ldb",
+                     ".cdb", ".fp", ".sfp", ".ign2", ".ftm", ".pdb", ".wdb", ".yar", ".yara")
 
 
 def clamd_binary() -> Path:
@@ -34,7 +37,11 @@ def clamd_binary() -> Path:
 class ClamdServer:
     workdir: Path
     signatures: dict[str, str] = field(default_factory=lambda: dict(EICAR_SIGNATURES))
+    # A ClamAV database directory whose signature files are used beside ``signatures``.
+    databases: Path | None = None
     port: int = field(default_factory=free_port)
+    # Stop with the process that started it (see die_with_parent); `up` sets it.
+    tied_to_parent: bool = False
     proc: subprocess.Popen | None = None
     scratch: Path | None = None
 
@@ -53,8 +60,12 @@ class ClamdServer:
     def _write_config(self) -> Path:
         db = self.workdir / "db"
         db.mkdir(parents=True, exist_ok=True)
+        for stale in db.iterdir():
+            stale.unlink()
         for name, text in self.signatures.items():
             (db / name).write_text(text)
+        for found in self.database_files():
+            (db / found.name).symlink_to(found)
         conf = self.workdir / "clamd.conf"
         conf.write_text("\n".join([
             "Foreground yes",
@@ -77,6 +88,12 @@ class ClamdServer:
         ]))
         return conf
 
+    def database_files(self) -> list[Path]:
+        if self.databases is None or not self.databases.is_dir():
+            return []
+        return sorted(f for f in self.databases.iterdir()
+                      if f.suffix in DATABASE_SUFFIXES and f.name not in self.signatures)
+
     def _scratch_dir(self) -> Path:
         if self.scratch is None:
             shm = Path("/dev/shm")
@@ -88,7 +105,8 @@ class ClamdServer:
         conf = self._write_config()
         self.proc = subprocess.Popen(
             [str(clamd_binary()), "--config-file", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            preexec_fn=die_with_parent if self.tied_to_parent else None)
         try:
             wait_for_port("127.0.0.1", self.port, timeout, self.proc)
         except ServiceError as exc:

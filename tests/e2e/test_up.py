@@ -15,6 +15,7 @@ import pytest
 
 from postwarden.local_services import free_port, free_port_pair, port_is_free
 from postwarden.records import RoutedMessage
+from streams.clamd_service import EICAR
 from tests.conftest import REPO, wait_http_ok
 from tests.kafka_reader import read_topic
 
@@ -53,7 +54,8 @@ class Up:
         for line in self.err_path.read_text().splitlines():
             if line.startswith("{"):
                 rec = json.loads(line)
-                if rec.get("msg") in ("started", "local broker started", "broker storage started"):
+                if rec.get("msg") in ("started", "local broker started", "broker storage started",
+                                      "virus scanner started"):
                     found[rec["child"]] = rec["pid"]
         return found
 
@@ -96,6 +98,7 @@ def test_up_runs_restarts_crashed_children_stops_cleanly_and_keeps_data(tmp_path
     try:
         banner = (tmp_path / "up.out").read_text()
         assert f"127.0.0.1:{ports['smtp']}" in banner and "postwarden send" in banner
+        assert "Virus scan:    clamd at unix://" in banner
 
         sent = up.cli("send", str(REPO / "examples/hello.eml"), "--to", "alice@example.com")
         assert sent.returncode == 0, sent.stderr
@@ -106,6 +109,13 @@ def test_up_runs_restarts_crashed_children_stops_cleanly_and_keeps_data(tmp_path
         # (No mailbox server listens for the example tenant: the message waits for delivery.)
         assert queue.returncode == 0, queue.stderr
         assert "nothing is waiting for a virus rescan" in queue.stdout and "\nexample\t" in queue.stdout
+
+        # `up` runs clamd itself: a virus is found and held, not delivered.
+        eicar = tmp_path / "eicar.eml"
+        eicar.write_bytes(b"From: a@example.org\r\nTo: alice@example.com\r\nSubject: test\r\n\r\n"
+                          + EICAR + b"\r\n")
+        assert up.cli("send", str(eicar), "--to", "alice@example.com").returncode == 0
+        wait_for(lambda: "example\tvirus\tquarantine\t1" in up.cli("stats").stdout, 30, "virus count")
 
         # A crashed child is restarted and serves again.
         old = up.pids()["ingest"]
@@ -127,7 +137,10 @@ def test_up_runs_restarts_crashed_children_stops_cleanly_and_keeps_data(tmp_path
         up.start()
         bootstrap = f"127.0.0.1:{ports['broker']}"
         records = read_topic(bootstrap, "mail.deliver", lambda r: len(r) >= 1, timeout=20)
-        assert [RoutedMessage.decode(r.value).recipient for r in records] == ["alice@example.com"]
+        # (The virus alert to alice is on mail.deliver too.)
+        clean = [m.recipient for m in map(RoutedMessage.decode, (r.value for r in records))
+                 if m.reason == "clean"]
+        assert clean == ["alice@example.com"]
         stats = up.cli("stats").stdout
         assert "example\tclean\tdeliver\t1" in stats and "example\tspam\tquarantine\t1" in stats
     finally:
@@ -155,7 +168,7 @@ def test_a_killed_supervisor_leaves_nothing_running(tmp_path):
     up.start()
     wait_http_ok(f"http://127.0.0.1:{ports['health'] + 5}/readyz", 60)  # delivery sink
     pids = up.pids()
-    assert {"tansu", "ingest", "worker", "delivery"} <= set(pids), pids
+    assert {"tansu", "clamd", "ingest", "worker", "delivery"} <= set(pids), pids
     try:
         up.proc.send_signal(signal.SIGKILL)
         up.proc.wait(10)
@@ -168,3 +181,19 @@ def test_a_killed_supervisor_leaves_nothing_running(tmp_path):
         for pid in pids.values():
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_up_with_a_database_clamd_refuses_fails_clearly_and_leaves_nothing_running(tmp_path):
+    broken = tmp_path / "clamav"
+    broken.mkdir()
+    (broken / "broken.ndb").write_text("not a signature line\n")
+    ports = {"smtp": free_port(), "health": free_port_pair(), "broker": free_port(),
+             "storage": free_port_pair()}
+    up = Up(tmp_path, ports)
+    up.env.update(POSTWARDEN_LOCAL_BROKER_STORAGE="memory", POSTWARDEN_LOCAL_CLAMD_DATABASES=str(broken))
+    out = subprocess.run([sys.executable, "-m", "postwarden.cli", "up"], env=up.env, cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1
+    assert "postwarden up: cannot start clamd: clamd did not start" in out.stderr, out.stderr[-2000:]
+    assert "Malformed database" in out.stderr  # clamd's own complaint
+    assert port_is_free("127.0.0.1", ports["broker"]) and port_is_free("127.0.0.1", ports["smtp"])
