@@ -169,7 +169,7 @@ class Pipeline:
             "POSTWARDEN_BOOTSTRAP_SERVERS": self.broker.bootstrap,
             "POSTWARDEN_TOPIC_PARTITIONS": str(self.args.partitions),
             "POSTWARDEN_DATA_DIR": str(self.tmp / "data"),
-            "POSTWARDEN_CLAMD_ADDRESS": clamd.address,
+            "POSTWARDEN_CLAMD_ADDRESS": clamd.unix_address,  # as `postwarden up` runs it
             "POSTWARDEN_LOG_LEVEL": "WARNING",
             # All load comes from one address.
             "POSTWARDEN_SMTP_MESSAGES_PER_IP_PER_MINUTE": "0",

@@ -49,16 +49,25 @@ def route(verdict: Verdict) -> tuple[str, str]:
     return decide(verdict, tenant, settings_)
 
 
+# (rebalance count, partitions of mail.verdicts whose users table partition is active here)
+_owned: tuple[int, frozenset[int]] = (-1, frozenset())
+
+
 def _active_here(key: bytes) -> bool:
     """Whether mail.verdicts' partition of ``key``, and so the users table's, is active on
     this worker now (a worker in a rebalance or still recovering tables owns nothing)."""
+    global _owned
     if app.rebalancing or app.in_recovery:
         return False
     partition = app.consumer.key_partition(VERDICTS.name, key)
     if partition is None:
         return False
-    actives = app.assignor.assigned_actives()
-    return TP(VERDICTS.name, partition) in actives and TP(USERS_CHANGELOG.name, partition) in actives
+    if _owned[0] != app.rebalancing_count:
+        actives = app.assignor.assigned_actives()
+        _owned = (app.rebalancing_count, frozenset(
+            tp.partition for tp in actives
+            if tp.topic == VERDICTS.name and TP(USERS_CHANGELOG.name, tp.partition) in actives))
+    return partition in _owned[1]
 
 
 async def submit(verdicts_: Iterable[Verdict]) -> int:
