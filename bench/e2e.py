@@ -488,7 +488,7 @@ def main() -> None:
     ap.add_argument("--no-delivery", dest="delivery", action="store_false",
                     help="leave out the delivery sink and the downstream server")
     ap.add_argument("--producer-max-batch-size", type=int, default=0,
-                    help="POSTWARDEN_PRODUCER_MAX_BATCH_SIZE of the worker (1: the local-broker profile)")
+                    help="POSTWARDEN_PRODUCER_MAX_BATCH_SIZE of the worker")
     ap.add_argument("--py-spy", type=Path, metavar="DIR",
                     help="write a py-spy profile (collapsed stacks) per process of phase 1 here")
     ap.add_argument("--recipients", type=int, default=1000, help="distinct recipient addresses")

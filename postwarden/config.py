@@ -438,8 +438,7 @@ class Settings(BaseSettings):
     # How the other workers reach this worker's web server (Faust canonical URL); empty:
     # http://health_host:health_port. In a cluster: the pod's address.
     worker_canonical_url: str = ""
-    # Faust producer batch size in bytes. The local Tansu broker loses the last batch on
-    # changelog recovery unless this is 1 (local and test profile only).
+    # Faust producer batch size in bytes.
     producer_max_batch_size: int = Field(default=16384, ge=1)
     # Cost of the scrypt password hash (2**n); lower only in tests.
     password_hash_cost: int = Field(default=15, ge=10, le=20)
@@ -500,10 +499,6 @@ class Settings(BaseSettings):
     # Faust worker processes `postwarden up` runs; they share the partitions (at most
     # topic_partitions do work). One process uses one core at most.
     worker_processes: int = Field(default=1, ge=1, le=64)
-    # Batch size of the producer that writes table changelogs, when it differs from
-    # producer_max_batch_size: `postwarden up` sets 1 for Tansu's recovery bug, which only
-    # changelogs meet, so the mail topics keep full batches.
-    changelog_max_batch_size: int = Field(default=16384, ge=1)
 
     # --- virus rescans (issue 4): mail whose scan failed waits on mail.rescan ---
     # Seconds after receipt at which mail still unscanned is held as SCAN-UNAVAILABLE.

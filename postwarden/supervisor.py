@@ -95,10 +95,6 @@ class Supervisor:
         env["POSTWARDEN_HEALTH_PORT"] = str(child_health_port(self.settings, name))
         if self.settings.tenants_file:
             env["POSTWARDEN_TENANTS_FILE"] = str(self.settings.tenants_file.resolve())
-        if self.broker is not None:
-            # Tansu's changelog recovery misses the last batch unless batches hold one record;
-            # only changelogs are recovered that way, the mail topics keep full batches.
-            env["POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE"] = "1"
         if self.clamd is not None:
             env["POSTWARDEN_CLAMD_ADDRESS"] = self.clamd.unix_address
         if name == "web" and child_health_port(self.settings, "worker"):

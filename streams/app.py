@@ -7,7 +7,6 @@ building it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
@@ -16,9 +15,10 @@ import faust
 from faust.transport.drivers import aiokafka as kafka_driver
 
 from postwarden.config import load_settings
-from postwarden.kafka_security import faust_credentials
+from postwarden.kafka_security import client_kwargs, faust_credentials
 from postwarden.records import RecordError
 from postwarden.topics import TopicSpec
+from streams.changelog_offsets import confirmed_ends
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")
@@ -94,12 +94,11 @@ class _Consumer(kafka_driver.Consumer):
                 return None
         return super()._new_offset(tp)
 
-    async def _commit(self, offsets) -> bool:
-        # Faust flushes only app.producer before committing: table writes of the
-        # committed events must be on their changelogs too.
-        if _changelog_producer is not None:
-            await _changelog_producer.flush()
-        return await super()._commit(offsets)
+    async def highwaters(self, *partitions):
+        # Table recovery reads changelogs up to these: see streams.changelog_offsets.
+        ends = await super().highwaters(*partitions)
+        return await confirmed_ends(settings.bootstrap_list, client_kwargs(settings), ends,
+                                    settings.max_message_size + 256 * 1024)
 
 
 class _Transport(kafka_driver.Transport):
@@ -107,38 +106,6 @@ class _Transport(kafka_driver.Transport):
 
 
 app.transport = _Transport(app.conf.broker_consumer, app)
-
-# Table changelogs get their own producer when their batch size differs (Tansu's recovery
-# bug needs one record per batch on changelogs only); batch size 1 for every topic cost
-# the whole pipeline ~1.5 ms of CPU per message (bench/e2e.py).
-_changelog_producer: faust.types.ProducerT | None = None
-_changelog_producer_lock: asyncio.Lock | None = None
-
-
-async def _started_changelog_producer() -> faust.types.ProducerT:
-    global _changelog_producer, _changelog_producer_lock
-    if _changelog_producer_lock is None:
-        _changelog_producer_lock = asyncio.Lock()
-    async with _changelog_producer_lock:
-        if _changelog_producer is None:
-            producer = app.transport.create_producer()
-            # Read when the producer starts its aiokafka client.
-            producer.max_batch_size = settings.changelog_max_batch_size
-            producer.client_id = f"{app.conf.broker_client_id}-changelog"
-            # A dependency of the app: stopped (and so flushed) with it.
-            await app.add_runtime_dependency(producer)
-            await producer.maybe_start()
-            _changelog_producer = producer
-    return _changelog_producer
-
-
-class ChangelogTopic(faust.Topic):
-    """A table's changelog topic, written by the changelog producer if it needs its own."""
-
-    async def _get_producer(self) -> faust.types.ProducerT:
-        if settings.changelog_max_batch_size == settings.producer_max_batch_size:
-            return await super()._get_producer()
-        return _changelog_producer or await _started_changelog_producer()
 
 
 def topic(spec: TopicSpec) -> faust.TopicT:

@@ -28,7 +28,7 @@ from postwarden.topics import (
     QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
-from streams.app import ChangelogTopic, app, decoded, settings, topic
+from streams.app import app, decoded, settings, topic
 from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
 log = logging.getLogger(__name__)
@@ -60,9 +60,9 @@ def new_quarantine_command(tenant: str, recipient: str, message_id: str, op: str
 
 
 def _changelog(spec: TopicSpec) -> faust.TopicT:
-    return ChangelogTopic(app, topics=[spec.name], key_type=bytes, value_type=bytes,
-                          key_serializer="raw", value_serializer="raw",
-                          partitions=settings.topic_partitions, compacting=True, internal=False)
+    return app.topic(spec.name, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw",
+                     partitions=settings.topic_partitions, compacting=True, internal=False)
 
 
 def _table(name: str, spec: TopicSpec) -> faust.Table:

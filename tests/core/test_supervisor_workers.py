@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from postwarden.config import load_settings
-from postwarden.local_services import Tansu
-from postwarden.supervisor import CHILDREN, Supervisor, child_health_port, child_names, run_up
+from postwarden.supervisor import CHILDREN, child_health_port, child_names, run_up
 
 
 def test_one_worker_by_default():
@@ -25,12 +24,3 @@ def test_more_workers_than_partitions_is_refused(capsys):
     settings = load_settings({"POSTWARDEN_WORKER_PROCESSES": "3", "POSTWARDEN_TOPIC_PARTITIONS": "2"})
     assert run_up(settings) == 2
     assert "POSTWARDEN_WORKER_PROCESSES=3" in capsys.readouterr().err
-
-
-def test_local_broker_profile_puts_only_changelogs_in_one_record_batches(tmp_path):
-    # Tansu's recovery bug only meets table changelogs: the mail topics keep full batches.
-    supervisor = Supervisor(load_settings({"POSTWARDEN_DATA_DIR": str(tmp_path)}))
-    supervisor.broker = Tansu()
-    env = supervisor._env("127.0.0.1:9092", "worker")
-    assert env["POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE"] == "1"
-    assert load_settings({k: v for k, v in env.items() if k.startswith("POSTWARDEN_")}).producer_max_batch_size > 1

@@ -85,7 +85,6 @@ class FaultPipeline:
             POSTWARDEN_HEALTH_PORT=str(self.health[name]),
             POSTWARDEN_SMTP_PORT=str(self.smtp_port),
             # The durable local broker's profile (see postwarden.supervisor).
-            POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE="1",
             POSTWARDEN_CLAMD_ADDRESS=self.clamd.address,
             POSTWARDEN_CLICKHOUSE_URL=self.clickhouse.url,
             POSTWARDEN_STATS_WINDOW_SECONDS="2", POSTWARDEN_STATS_GRACE_SECONDS="0.5",

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, Message
 from yarl import URL
 
@@ -35,44 +34,6 @@ def test_fetch_wait_reaches_the_fetcher_of_the_worker_consumer(broker, monkeypat
 def test_fetch_wait_out_of_range_is_refused():
     with pytest.raises(ConfigError, match="POSTWARDEN_CONSUMER_FETCH_WAIT_MS"):
         load_settings({"POSTWARDEN_CONSUMER_FETCH_WAIT_MS": "0"})
-
-
-def test_changelogs_get_their_own_producer_with_their_batch_size(broker, monkeypatch):
-    # The local broker's profile: one-record batches on changelogs (Tansu's recovery bug), full
-    # batches elsewhere; a consumer commit flushes the changelog producer like the app's.
-    monkeypatch.setattr(app_module, "settings", Settings(changelog_max_batch_size=1))
-    monkeypatch.setattr(app_module, "_changelog_producer", None)
-    monkeypatch.setattr(app_module, "_changelog_producer_lock", None)
-    monkeypatch.setattr(app_module.app, "transport",
-                        app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app))
-    changelog = app_module.ChangelogTopic(app_module.app, topics=["mail.users-changelog"], key_type=bytes,
-                                          value_type=bytes, key_serializer="raw", value_serializer="raw")
-    sent = []
-    flushed_before_commit = []
-
-    async def commit(self, offsets) -> bool:
-        flushed_before_commit.append(all(f.done() for f in sent))
-        return True
-
-    monkeypatch.setattr(kafka_driver.Consumer, "_commit", commit)
-
-    async def main() -> None:
-        producer = await changelog._get_producer()
-        try:
-            assert producer is not app_module.app.producer and producer.max_batch_size == 1
-            assert producer._producer._message_accumulator._batch_size == 1
-            assert await changelog._get_producer() is producer
-            for i in range(3):
-                sent.append(await producer.send("mail.users-changelog", f"k{i}".encode(), b"v", partition=0,
-                                                timestamp=None, headers=None))
-            assert await app_module.app.consumer._commit({}) is True
-            assert flushed_before_commit == [True]
-        finally:
-            await producer.stop()
-
-    asyncio.run(asyncio.wait_for(main(), 30))
-    assert [f.result().offset for f in sent] == [0, 1, 2]
-
 
 
 @pytest.mark.parametrize("committed", [None, 37])

@@ -66,7 +66,7 @@ class Stack:
     def env(self, **extra: str) -> dict[str, str]:
         return service_env(self.tmp, self.broker.bootstrap, POSTWARDEN_TENANTS_FILE=str(self.tmp / "tenants.yaml"),
                            POSTWARDEN_KEYS_FILE=str(self.tmp / "keys.json"),
-                           POSTWARDEN_CHANGELOG_MAX_BATCH_SIZE="1", POSTWARDEN_PASSWORD_HASH_COST="10",
+                           POSTWARDEN_PASSWORD_HASH_COST="10",
                            POSTWARDEN_LOG_LEVEL="DEBUG", **{**self.settings, **extra})
 
     def start(self) -> Stack:
