@@ -25,6 +25,17 @@ R = TypeVar("R")
 
 settings = load_settings()
 
+
+class _Worker(faust.Worker):
+    """Faust's worker without its terminal spinner: for the spinner, a worker logging at
+    WARNING or above lowered the root logger to DEBUG, so every library's debug and
+    info records were built only to be dropped (~2.5% of the worker's CPU)."""
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        super().on_setup_root_logger(logger, level)
+
+
 app = faust.App(
     settings.app_id,
     broker=[f"kafka://{s}" for s in settings.bootstrap_list] or "kafka://127.0.0.1:9092",
@@ -50,6 +61,7 @@ app = faust.App(
     producer_max_request_size=settings.max_message_size + 256 * 1024,
     producer_linger=settings.producer_linger_ms / 1000,
     autodiscover=False,
+    Worker=_Worker,
     broker_credentials=faust_credentials(settings),
     datadir=str(settings.data_dir / "faust"),
     # Faust configures logging itself; route it through the same JSON formatter.

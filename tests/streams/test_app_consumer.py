@@ -57,3 +57,14 @@ def test_commit_never_passes_a_message_an_actor_is_still_processing(committed, m
         consumer._committed_offset.pop(tp, None)
         for m in messages.values():
             consumer._unacked_messages.discard(m)
+
+
+def test_a_worker_logging_at_warning_keeps_the_root_logger_at_warning():
+    import logging
+
+    logger = logging.Logger("root-under-test")
+    logger.addHandler(logging.NullHandler())
+    logger.setLevel(logging.WARNING)
+    worker = app_module.app.conf.Worker(app_module.app, loglevel="warn")
+    worker.on_setup_root_logger(logger, logging.WARNING)
+    assert logger.level == logging.WARNING and len(logger.handlers) == 1
