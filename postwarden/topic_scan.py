@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
 
 def records_until_end(consumer: KafkaConsumer, tps: list[TopicPartition], from_committed: bool,
-                      timeout: float) -> Iterator[tuple[TopicPartition, Any]]:
-    """(partition, record) from the start, or the consumer group's committed offsets,
-    to the end the broker reports; stops early at the timeout."""
+                      timeout: float, starts: Mapping[TopicPartition, int] | None = None,
+                      ) -> Iterator[tuple[TopicPartition, Any]]:
+    """(partition, record) from the start, or the consumer group's committed offsets, or
+    the offsets in ``starts``, to the end the broker reports; stops early at the timeout."""
     if not tps:
         return
     consumer.assign(tps)
@@ -22,6 +23,8 @@ def records_until_end(consumer: KafkaConsumer, tps: list[TopicPartition], from_c
             committed = consumer.committed(tp)
             if committed is not None:
                 consumer.seek(tp, committed)
+    for tp, offset in (starts or {}).items():
+        consumer.seek(tp, offset)
     ends = consumer.end_offsets(tps)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

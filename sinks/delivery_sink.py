@@ -37,7 +37,7 @@ from sinks.delivery_log import DeliveryOutcome, log_key
 from sinks.dsn import build_dsn, dsn_message_id
 from sinks.generated_mail import routed as generated
 from sinks.kafka_output import send_until_acked
-from sinks.outbound_queue import QueueIndex, scan_queue
+from sinks.outbound_queue import DeliveredSeen, QueueIndex, scan_queue
 from sinks.retry_schedule import DeliveryRetry, RetrySchedule
 from sinks.smtp_relay import Outcome, SmtpRelay
 
@@ -113,6 +113,7 @@ class DeliverySink:
         self._stop: asyncio.Event | None = None
         self._assigned = False
         self.queue = QueueIndex()
+        self._delivered_seen = DeliveredSeen()
 
     @property
     def ready(self) -> bool:
@@ -366,7 +367,8 @@ class DeliverySink:
             try:
                 self.queue = await asyncio.to_thread(
                     scan_queue, self.settings.bootstrap_list, self.group_id, partitions,
-                    lambda t: destination(self.tenants.get(t)), security=client_kwargs(self.settings))
+                    lambda t: destination(self.tenants.get(t)), security=client_kwargs(self.settings),
+                    seen=self._delivered_seen)
             except Exception as exc:  # a failed scan only leaves the gauges stale
                 log.warning("queue scan failed", extra={"reason": str(exc)[:300]})
                 continue

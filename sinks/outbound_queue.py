@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
@@ -54,9 +54,12 @@ class QueueIndex:
         if known is None or entry.attempts >= known.attempts:
             self.entries[key] = entry
 
-    def discard_done(self, done: set[str]) -> None:
-        for key in done & self.entries.keys():
+    def discard_done(self, done: set[str]) -> set[str]:
+        """Drops the entries with an outcome; returns the keys that had one."""
+        matched = done & self.entries.keys()
+        for key in matched:
             del self.entries[key]
+        return matched
 
     def summary(self, now: float) -> list[DestinationRow]:
         groups: dict[tuple[str, str], list[Waiting]] = {}
@@ -77,11 +80,22 @@ class QueueIndex:
                       key=lambda e: e.recipient)
 
 
+@dataclass
+class DeliveredSeen:
+    """What the scans read of the delivered-log so far: a scanner that keeps one between
+    scans reads only the new outcomes, not the log's whole retention every time."""
+
+    done: set[str] = field(default_factory=set)
+    # partition -> offset the next read starts at
+    positions: dict[int, int] = field(default_factory=dict)
+
+
 def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None = None,
                destination_of=None, timeout: float = 30.0,
-               security: Mapping[str, Any] | None = None) -> QueueIndex:
+               security: Mapping[str, Any] | None = None, seen: DeliveredSeen | None = None) -> QueueIndex:
     """Reads the unfinished part of the delivery topics (blocking; run it in a thread)."""
     index = QueueIndex()
+    seen = seen if seen is not None else DeliveredSeen()
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
                              enable_auto_commit=False, auto_offset_reset="earliest",
                              client_id="postwarden-queue", consumer_timeout_ms=500,
@@ -89,11 +103,13 @@ def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None
     try:
         known = consumer.partitions_for_topic(DELIVER.name) or set()
         wanted = sorted(known if partitions is None else set(partitions) & known)
-        done: set[str] = set()
-        for tp, record in records_until_end(consumer, [TopicPartition(DELIVERED.name, p) for p in wanted],
-                                False, timeout):
+        logs = [TopicPartition(DELIVERED.name, p) for p in wanted]
+        starts = {tp: seen.positions[tp.partition] for tp in logs if tp.partition in seen.positions}
+        for tp, record in records_until_end(consumer, logs, False, timeout, starts):
             if record.key is not None:
-                done.add(record.key.decode())
+                seen.done.add(record.key.decode())
+        for tp in logs:
+            seen.positions[tp.partition] = consumer.position(tp)
         sources = [TopicPartition(t, p) for t in (DELIVER.name, *(s.name for s in DELIVER_RETRY_TIERS))
                    for p in wanted]
         for tp, record in records_until_end(consumer, sources, True, timeout):
@@ -108,7 +124,9 @@ def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None
                     index.offer(Waiting(r.message_id, r.message().recipient, r.tenant,
                                         r.destination, r.received_at, r.attempt, r.due_at,
                                         r.last_reply))
-        index.discard_done(done)
+        # An outcome whose record was not read here is behind the committed offsets:
+        # no later scan needs it.
+        seen.done = index.discard_done(seen.done)
         return index
     finally:
         consumer.close(autocommit=False)
