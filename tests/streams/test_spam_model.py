@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from email.message import EmailMessage
 
 import numpy as np
 import pytest
@@ -62,6 +63,22 @@ def test_sender_tokens_compare_from_message_id_and_links():
     ).replace(b"<1234.5678@example.org>", b"<A1B2C3@mailer.example.info>")))
     assert {"mid:fromdom-diff", "cu:from-not-in-urls", "frdisp:none", "rt:diff"} <= foreign
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
+
+
+def test_html_structure_becomes_header_group_tokens():
+    markup = ('<html><body><table width=600><tr><td bgcolor="#FFFFFF">'
+              '<font size="+2" color="#FF0000">Act now</font>'
+              '<p style="display: none; font-size:1px">hidden words</p></td></tr></table></body></html>')
+    raw = plain_message(body="Act now")
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Alice <alice@example.org>", "bob@example.net", "Hi"
+    msg.set_content(markup, subtype="html")
+    html = tokens(parse(msg.as_bytes()))
+    assert {"ht:table", "ht:font", "ha:font.size", "hv:size=+2", "hv:color=#ff0000", "hv:width=600",
+            "hv:bgcolor=#ffffff", "ha:p.style", "hc:display=none", "hc:font-size=1px"} <= html
+    assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
+    _, groups = grouped_features(parse(msg.as_bytes()))
+    assert _index("hv:size=+2") in groups[NB_GROUPS.index("headers")]
 
 
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
