@@ -88,29 +88,35 @@ _SHAPE_SUBS = (
     (re.compile(r"(.)\1+"), r"\1+"),
 )
 
-# Token groups the Bayes evidence is averaged over, told apart by prefix: body
-# words have none (the word pattern has no colon), subject tokens these.
+# Token groups the Bayes evidence is averaged over: the body's words, the
+# subject's tokens, and all the others (sender, structure, links, HTML).
 NB_GROUPS = ("body", "subject", "headers")
-_SUBJECT_PREFIXES = frozenset({"s", "sc", "su", "sch"})
 
-# token -> (hashed index, group): one lookup per token for a running worker.
-_token_cache: dict[str, tuple[int, int]] = {}
-_TOKEN_CACHE_MAX = 500_000
-
-
-def _indexed(token: str) -> tuple[int, int]:
-    entry = _token_cache.get(token)
-    if entry is None:
-        colon = token.find(":")
-        group = 0 if colon < 0 else 1 if token[:colon] in _SUBJECT_PREFIXES else 2
-        entry = (zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK, group)
-        if len(_token_cache) < _TOKEN_CACHE_MAX:
-            _token_cache[token] = entry
-    return entry
+# token -> hashed index: a running worker hashes each token once.
+_index_cache: dict[str, int] = {}
+_INDEX_CACHE_MAX = 500_000
 
 
 def _index(token: str) -> int:
-    return _indexed(token)[0]
+    idx = _index_cache.get(token)
+    if idx is None:
+        idx = zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK
+        if len(_index_cache) < _INDEX_CACHE_MAX:
+            _index_cache[token] = idx
+    return idx
+
+
+def _index_set(toks: set[str]) -> set[int]:
+    # map() over the cache's get runs in C; a running worker has most tokens cached.
+    ids = set(map(_index_cache.get, toks))
+    if None in ids:
+        return {_index(t) for t in toks}
+    return ids  # type: ignore[return-value]
+
+
+def _sorted_ids(ids: set[int]) -> np.ndarray:
+    # Sorted, so that a message's weights are summed in the same order in every process.
+    return np.sort(np.fromiter(ids, dtype=np.intp, count=len(ids)))
 
 
 def url_host(url: str) -> str:
@@ -204,10 +210,13 @@ def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> Non
         out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
 
 
-def tokens(msg: ParsedMessage) -> set[str]:
+def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], set[str], set[str]]:
+    """The tokens of each of NB_GROUPS."""
+    body: set[str] = set()
+    _body_tokens(msg, body)
+    subject: set[str] = set()
+    _subject_tokens(msg.get("subject"), subject)
     out: set[str] = set()
-    _body_tokens(msg, out)
-    _subject_tokens(msg.get("subject"), out)
     hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
     _sender_tokens(msg, {_org_domain(h) for h in hosts}, out)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
@@ -237,20 +246,28 @@ def tokens(msg: ParsedMessage) -> set[str]:
     # Decoded content only: the raw size grows with every relay's and list's headers.
     body_size = sum(len(part.payload) for part in msg.parts)
     out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
-    return out
+    return body, subject, out
+
+
+def tokens(msg: ParsedMessage) -> set[str]:
+    body, subject, others = grouped_tokens(msg)
+    return body | subject | others
+
+
+def grouped_ids(msg: ParsedMessage) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sorted feature indices: all of them, and those of each of NB_GROUPS."""
+    body, subject, others = (_index_set(g) for g in grouped_tokens(msg))
+    return _sorted_ids(body | subject | others), [_sorted_ids(body), _sorted_ids(subject), _sorted_ids(others)]
 
 
 def features(msg: ParsedMessage) -> list[int]:
-    return sorted({_index(t) for t in tokens(msg)})
+    return grouped_ids(msg)[0].tolist()
 
 
 def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
     """All feature indices, and those of each of NB_GROUPS."""
-    groups: tuple[set[int], set[int], set[int]] = (set(), set(), set())
-    for token in tokens(msg):
-        idx, group = _indexed(token)
-        groups[group].add(idx)
-    return sorted(groups[0] | groups[1] | groups[2]), [sorted(g) for g in groups]
+    all_ids, groups = grouped_ids(msg)
+    return all_ids.tolist(), [g.tolist() for g in groups]
 
 
 # Inputs of the second stage after the regression's logit (with the rules') and the
@@ -339,10 +356,9 @@ class SpamModel:
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        all_ids, groups = grouped_features(msg)
-        ids = _id_array(all_ids)
+        ids, groups = grouped_ids(msg)
         z = self._token_logit(ids)
-        nb = [self._nb_mean(_id_array(g)) for g in groups]
+        nb = [self._nb_mean(g) for g in groups]
         return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
