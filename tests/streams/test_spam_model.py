@@ -65,7 +65,7 @@ def test_sender_tokens_compare_from_message_id_and_links():
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
 
 
-def test_html_structure_becomes_header_group_tokens():
+def test_html_structure_becomes_its_own_token_group():
     markup = ('<html><body><table width=600><tr><td bgcolor="#FFFFFF">'
               '<font size="+2" color="#FF0000">Act now</font>'
               '<p style="display: none; font-size:1px">hidden words</p></td></tr></table></body></html>')
@@ -78,7 +78,8 @@ def test_html_structure_becomes_header_group_tokens():
             "hv:bgcolor=#ffffff", "ha:p.style", "hc:display=none", "hc:font-size=1px"} <= html
     assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
     _, groups = grouped_features(parse(msg.as_bytes()))
-    assert _index("hv:size=+2") in groups[NB_GROUPS.index("headers")]
+    assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
+    assert _index("hv:size=+2") not in groups[NB_GROUPS.index("headers")]
 
 
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
@@ -123,10 +124,11 @@ def test_bayes_groups_split_body_subject_and_headers():
     msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
     all_ids, groups = grouped_features(msg)
     assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
-    body, subject, headers = (set(g) for g in groups)
+    body, subject, headers, markup = (set(g) for g in groups)
     assert {_index("kernel"), _index("patch")} <= body
     assert _index("s:quarterly") in subject and _index("s:quarterly") not in body
     assert _index("ct:text/plain") in headers and _index("kernel") not in headers
+    assert not markup  # a plain-text message
     assert set(all_ids) == body | subject | headers
 
 
