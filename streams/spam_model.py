@@ -8,19 +8,22 @@ values (font sizes, colours, widths, inline styles).
 Two token models read the same hashed features: logistic regression, and a
 naive Bayes whose smoothing is tiny, so that a token seen in only one class
 weighs heavily. The Bayes evidence is averaged separately over the body's,
-the subject's, the headers' and the HTML markup's tokens (a newsletter's body
-reads like spam while its sender and structure do not, and its HTML is made
-by publishing tools where spam's is made by hand or by spam kits). They err
-on different mail (the regression spreads weight over common tokens, the
-Bayes trusts rare ones), so a second stage combines them with a few counts
-(links, words, capitals, HTML share, parts, subject length): boosted decision
-stumps fitted on out-of-fold scores, so they learn how far to trust each
-token model on unseen mail, which neither can learn from its own training
-scores. Cross-validated on train.tsv
-(nested, cut chosen for 0.1% of ham) the stumps over the regression logit
-alone catch about 92% of spam, with the Bayes averages about 97%; the HTML
-group adds about 1% of spam caught on pooled out-of-fold scores (three fold
-partitions), less in nested CV.
+the subject's, the sender's (From, Reply-To, Message-ID, mailer), the
+structure's (MIME parts, headers present, link domains) and the HTML
+markup's tokens: a newsletter's body reads like spam while its sender and
+structure do not, and its HTML is made by publishing tools where spam's is
+made by hand or by spam kits. They err on different mail (the regression
+spreads weight over common tokens, the Bayes trusts rare ones), so a second
+stage combines them with a few counts (links, words, capitals, HTML share,
+parts, subject length): boosted decision stumps fitted on out-of-fold
+scores, so they learn how far to trust each token model on unseen mail,
+which neither can learn from its own training scores. Cross-validated on
+train.tsv (cut chosen for 0.1% of ham) the stumps over the regression logit
+alone catch about 92% of spam (nested), with the body, subject and headers
+Bayes averages about 96-97%; splitting the headers' group into sender and
+structure and adding the HTML group raise the share caught by about 1.5%
+on pooled out-of-fold scores and 0.7% in nested CV (means over three fold
+partitions).
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
@@ -90,9 +93,9 @@ _SHAPE_SUBS = (
     (re.compile(r"(.)\1+"), r"\1+"),
 )
 
-# Token groups the Bayes evidence is averaged over: the body's words, the
-# subject's tokens, the HTML's markup, and all the others (sender, structure, links).
-NB_GROUPS = ("body", "subject", "headers", "html")
+# Token groups the Bayes evidence is averaged over, in the order grouped_tokens
+# returns them: the structure group holds MIME structure, headers present and links.
+NB_GROUPS = ("body", "subject", "sender", "structure", "html")
 
 # token -> hashed index: a running worker hashes each token once.
 _index_cache: dict[str, int] = {}
@@ -212,7 +215,7 @@ def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> Non
         out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
 
 
-def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], set[str], set[str], set[str]]:
+def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], ...]:
     """The tokens of each of NB_GROUPS."""
     body: set[str] = set()
     _body_tokens(msg, body)
@@ -221,13 +224,14 @@ def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], set[str], set[str], se
     markup: set[str] = set()
     if msg.html:
         _html_tokens(msg.html, markup)
-    out: set[str] = set()
+    sender: set[str] = set()
     hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
-    _sender_tokens(msg, {_org_domain(h) for h in hosts}, out)
+    _sender_tokens(msg, {_org_domain(h) for h in hosts}, sender)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
     if mailer:
-        out.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
-        out.add("xmf:" + mailer.lower()[:60])
+        sender.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
+        sender.add("xmf:" + mailer.lower()[:60])
+    out: set[str] = set()
     boundary = _BOUNDARY_RE.search(msg.get("content-type"))
     if boundary:
         out.add("bnd:" + _shape(boundary.group(1)[:30]))
@@ -249,12 +253,11 @@ def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], set[str], set[str], se
     # Decoded content only: the raw size grows with every relay's and list's headers.
     body_size = sum(len(part.payload) for part in msg.parts)
     out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
-    return body, subject, out, markup
+    return body, subject, sender, out, markup
 
 
 def tokens(msg: ParsedMessage) -> set[str]:
-    body, subject, others, markup = grouped_tokens(msg)
-    return body | subject | others | markup
+    return set().union(*grouped_tokens(msg))
 
 
 def grouped_ids(msg: ParsedMessage) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -79,7 +79,7 @@ def test_html_structure_becomes_its_own_token_group():
     assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
     _, groups = grouped_features(parse(msg.as_bytes()))
     assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
-    assert _index("hv:size=+2") not in groups[NB_GROUPS.index("headers")]
+    assert _index("hv:size=+2") not in groups[NB_GROUPS.index("structure")]
 
 
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
@@ -120,16 +120,17 @@ def test_naive_bayes_weighs_tokens_by_the_class_they_appear_in():
     assert w[3] == pytest.approx(0.0) and w[4] == pytest.approx(0.0)
 
 
-def test_bayes_groups_split_body_subject_and_headers():
+def test_bayes_groups_split_body_subject_sender_and_structure():
     msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
     all_ids, groups = grouped_features(msg)
     assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
-    body, subject, headers, markup = (set(g) for g in groups)
+    body, subject, sender, structure, markup = (set(g) for g in groups)
     assert {_index("kernel"), _index("patch")} <= body
     assert _index("s:quarterly") in subject and _index("s:quarterly") not in body
-    assert _index("ct:text/plain") in headers and _index("kernel") not in headers
+    assert _index("ct:text/plain") in structure and _index("kernel") not in structure
+    assert _index("frd:example.org") in sender and _index("frd:example.org") not in structure
     assert not markup  # a plain-text message
-    assert set(all_ids) == body | subject | headers
+    assert set(all_ids) == body | subject | sender | structure
 
 
 def test_row_means_of_empty_rows_are_zero():
