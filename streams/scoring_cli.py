@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--corpus", type=Path, default=None,
                        help="corpus data folder (default: .cache/corpus/... from scripts/get-corpus.sh)")
     train.add_argument("--out", type=Path, default=None,
-                       help="artifact to write (default: the packaged streams/models/spam-model-v3.npz)")
+                       help="artifact to write (default: the packaged streams/models/spam-model-v4.npz)")
     train.set_defaults(func=run_train)
 
     score = subparsers.add_parser(

@@ -1,17 +1,29 @@
 """Statistical spam model: hashed binary token features, logistic regression and naive Bayes.
 
+Tokens are the words of the body and the subject (with the subject's
+character trigrams), sender fields and how they agree with each other, MIME
+structure, link domains, and the HTML's tags, attributes and presentation
+values (font sizes, colours, widths, inline styles).
+
 Two token models read the same hashed features: logistic regression, and a
 naive Bayes whose smoothing is tiny, so that a token seen in only one class
 weighs heavily. The Bayes evidence is averaged separately over the body's,
-the subject's and the headers' tokens (a newsletter's body reads like spam
-while its sender and structure do not). They err on different mail (the
-regression spreads weight over common tokens, the Bayes trusts rare ones), so
-a second stage combines them with a few counts (links, words, capitals, HTML
-share, parts, subject length): boosted decision stumps fitted on out-of-fold
-scores, so they learn how far to trust each token model on unseen mail, which
-neither can learn from its own training scores. Cross-validated on train.tsv
-(nested, cut chosen for 0.1% of ham) the stumps over the regression logit
-alone catch about 92% of spam, with the Bayes averages about 97%.
+the subject's, the sender's (From, Reply-To, Message-ID, mailer), the
+structure's (MIME parts, headers present, link domains) and the HTML
+markup's tokens: a newsletter's body reads like spam while its sender and
+structure do not, and its HTML is made by publishing tools where spam's is
+made by hand or by spam kits. They err on different mail (the regression
+spreads weight over common tokens, the Bayes trusts rare ones), so a second
+stage combines them with a few counts (links, words, capitals, HTML share,
+parts, subject length): boosted decision stumps fitted on out-of-fold
+scores, so they learn how far to trust each token model on unseen mail,
+which neither can learn from its own training scores. Cross-validated on
+train.tsv (cut chosen for 0.1% of ham) the stumps over the regression logit
+alone catch about 92% of spam (nested), with the body, subject and headers
+Bayes averages about 96-97%; splitting the headers' group into sender and
+structure and adding the HTML group raise the share caught by about 1.5%
+on pooled out-of-fold scores and 0.7% in nested CV (means over three fold
+partitions).
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a dot product over a few hundred hashed indices costs
@@ -48,16 +60,23 @@ import numpy as np
 from streams.mime_parser import ParsedMessage
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
-FEATURE_VERSION = 3
+FEATURE_VERSION = 4
 DIM_BITS = 20
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
-ARTIFACT = "models/spam-model-v3.npz"
+ARTIFACT = "models/spam-model-v4.npz"
 
 _WORD_RE = re.compile(r"[^\W_][\w'$%.-]{0,23}")
 _ADDR_DOMAIN_RE = re.compile(r"@([\w.-]+)")
 _HOST_RE = re.compile(r"^(?:https?://)?(?:[^@/?#]*@)?([^:/?#]+)", re.I)
 MAX_BODY_CHARS = 20_000
+_HTML_TAG_RE = re.compile(r"<([a-zA-Z][a-zA-Z0-9]{0,9})\b([^>]{0,500})>")
+_HTML_ATTR_RE = re.compile(r"""([a-zA-Z-]{1,20})\s*=\s*("[^"]{0,60}"|'[^']{0,60}'|[^\s>]{1,60})""")
+# Presentation attributes whose values are tokens too (a font size, a colour, a width).
+_HTML_VALUE_ATTRS = frozenset({"size", "color", "bgcolor", "face", "align", "width", "border"})
+_CSS_RE = re.compile(r"(display|visibility|font-size|color|background(?:-color)?)\s*:\s*([^;\"']{1,30})", re.I)
+_QUOTES = "\"'"
+MAX_HTML_CHARS = 100_000
 
 # Headers whose presence says something about how the mail was written.
 _PRESENCE_HEADERS = (
@@ -74,29 +93,35 @@ _SHAPE_SUBS = (
     (re.compile(r"(.)\1+"), r"\1+"),
 )
 
-# Token groups the Bayes evidence is averaged over, told apart by prefix: body
-# words have none (the word pattern has no colon), subject tokens these.
-NB_GROUPS = ("body", "subject", "headers")
-_SUBJECT_PREFIXES = frozenset({"s", "sc", "su", "sch"})
+# Token groups the Bayes evidence is averaged over, in the order grouped_tokens
+# returns them: the structure group holds MIME structure, headers present and links.
+NB_GROUPS = ("body", "subject", "sender", "structure", "html")
 
-# token -> (hashed index, group): one lookup per token for a running worker.
-_token_cache: dict[str, tuple[int, int]] = {}
-_TOKEN_CACHE_MAX = 500_000
-
-
-def _indexed(token: str) -> tuple[int, int]:
-    entry = _token_cache.get(token)
-    if entry is None:
-        colon = token.find(":")
-        group = 0 if colon < 0 else 1 if token[:colon] in _SUBJECT_PREFIXES else 2
-        entry = (zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK, group)
-        if len(_token_cache) < _TOKEN_CACHE_MAX:
-            _token_cache[token] = entry
-    return entry
+# token -> hashed index: a running worker hashes each token once.
+_index_cache: dict[str, int] = {}
+_INDEX_CACHE_MAX = 500_000
 
 
 def _index(token: str) -> int:
-    return _indexed(token)[0]
+    idx = _index_cache.get(token)
+    if idx is None:
+        idx = zlib.crc32(token.encode("utf-8", "surrogatepass")) & MASK
+        if len(_index_cache) < _INDEX_CACHE_MAX:
+            _index_cache[token] = idx
+    return idx
+
+
+def _index_set(toks: set[str]) -> set[int]:
+    # map() over the cache's get runs in C; a running worker has most tokens cached.
+    ids = set(map(_index_cache.get, toks))
+    if None in ids:
+        return {_index(t) for t in toks}
+    return ids  # type: ignore[return-value]
+
+
+def _sorted_ids(ids: set[int]) -> np.ndarray:
+    # Sorted, so that a message's weights are summed in the same order in every process.
+    return np.sort(np.fromiter(ids, dtype=np.intp, count=len(ids)))
 
 
 def url_host(url: str) -> str:
@@ -135,6 +160,26 @@ def _subject_tokens(subject: str, out: set[str]) -> None:
     out.update("sch:" + ch for ch in "!$%?*" if ch in subject)
 
 
+def _html_tokens(markup: str, out: set[str]) -> None:
+    """Tags, their attributes and presentation values: a newsletter's HTML is built
+    by a publishing tool (tables, widths, style sheets), spam's by hand or by a
+    spam kit (font sizes and colours, centred text, hidden words)."""
+    for m in _HTML_TAG_RE.finditer(markup, 0, MAX_HTML_CHARS):
+        tag = m.group(1).lower()
+        out.add("ht:" + tag)
+        attrs = m.group(2)
+        if not attrs:
+            continue
+        for a in _HTML_ATTR_RE.finditer(attrs):
+            name = a.group(1).lower()
+            out.add(f"ha:{tag}.{name}")
+            if name in _HTML_VALUE_ATTRS:
+                out.add(f"hv:{name}={a.group(2).strip(_QUOTES).lower()[:20]}")
+        if "style" in attrs.lower():
+            out.update(f"hc:{c.group(1).lower()}={c.group(2).strip().lower()[:20]}"
+                       for c in _CSS_RE.finditer(attrs))
+
+
 def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> None:
     """From, Reply-To and Message-ID: their shapes and whether they agree with each other."""
     raw_from = msg.get("from")
@@ -170,16 +215,23 @@ def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> Non
         out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
 
 
-def tokens(msg: ParsedMessage) -> set[str]:
-    out: set[str] = set()
-    _body_tokens(msg, out)
-    _subject_tokens(msg.get("subject"), out)
+def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], ...]:
+    """The tokens of each of NB_GROUPS."""
+    body: set[str] = set()
+    _body_tokens(msg, body)
+    subject: set[str] = set()
+    _subject_tokens(msg.get("subject"), subject)
+    markup: set[str] = set()
+    if msg.html:
+        _html_tokens(msg.html, markup)
+    sender: set[str] = set()
     hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
-    _sender_tokens(msg, {_org_domain(h) for h in hosts}, out)
+    _sender_tokens(msg, {_org_domain(h) for h in hosts}, sender)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
     if mailer:
-        out.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
-        out.add("xmf:" + mailer.lower()[:60])
+        sender.update("xm:" + w for w in _WORD_RE.findall(mailer.lower())[:4])
+        sender.add("xmf:" + mailer.lower()[:60])
+    out: set[str] = set()
     boundary = _BOUNDARY_RE.search(msg.get("content-type"))
     if boundary:
         out.add("bnd:" + _shape(boundary.group(1)[:30]))
@@ -201,20 +253,27 @@ def tokens(msg: ParsedMessage) -> set[str]:
     # Decoded content only: the raw size grows with every relay's and list's headers.
     body_size = sum(len(part.payload) for part in msg.parts)
     out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
-    return out
+    return body, subject, sender, out, markup
+
+
+def tokens(msg: ParsedMessage) -> set[str]:
+    return set().union(*grouped_tokens(msg))
+
+
+def grouped_ids(msg: ParsedMessage) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Sorted feature indices: all of them, and those of each of NB_GROUPS."""
+    groups = [_index_set(g) for g in grouped_tokens(msg)]
+    return _sorted_ids(set().union(*groups)), [_sorted_ids(g) for g in groups]
 
 
 def features(msg: ParsedMessage) -> list[int]:
-    return sorted({_index(t) for t in tokens(msg)})
+    return grouped_ids(msg)[0].tolist()
 
 
 def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
     """All feature indices, and those of each of NB_GROUPS."""
-    groups: tuple[set[int], set[int], set[int]] = (set(), set(), set())
-    for token in tokens(msg):
-        idx, group = _indexed(token)
-        groups[group].add(idx)
-    return sorted(groups[0] | groups[1] | groups[2]), [sorted(g) for g in groups]
+    all_ids, groups = grouped_ids(msg)
+    return all_ids.tolist(), [g.tolist() for g in groups]
 
 
 # Inputs of the second stage after the regression's logit (with the rules') and the
@@ -303,10 +362,9 @@ class SpamModel:
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        all_ids, groups = grouped_features(msg)
-        ids = _id_array(all_ids)
+        ids, groups = grouped_ids(msg)
         z = self._token_logit(ids)
-        nb = [self._nb_mean(_id_array(g)) for g in groups]
+        nb = [self._nb_mean(g) for g in groups]
         return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+from email.message import EmailMessage
 
 import numpy as np
 import pytest
@@ -64,6 +65,23 @@ def test_sender_tokens_compare_from_message_id_and_links():
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
 
 
+def test_html_structure_becomes_its_own_token_group():
+    markup = ('<html><body><table width=600><tr><td bgcolor="#FFFFFF">'
+              '<font size="+2" color="#FF0000">Act now</font>'
+              '<p style="display: none; font-size:1px">hidden words</p></td></tr></table></body></html>')
+    raw = plain_message(body="Act now")
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Alice <alice@example.org>", "bob@example.net", "Hi"
+    msg.set_content(markup, subtype="html")
+    html = tokens(parse(msg.as_bytes()))
+    assert {"ht:table", "ht:font", "ha:font.size", "hv:size=+2", "hv:color=#ff0000", "hv:width=600",
+            "hv:bgcolor=#ffffff", "ha:p.style", "hc:display=none", "hc:font-size=1px"} <= html
+    assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
+    _, groups = grouped_features(parse(msg.as_bytes()))
+    assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
+    assert _index("hv:size=+2") not in groups[NB_GROUPS.index("structure")]
+
+
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
     stumps = Stumps(np.array([0, 1, 0, 0]), np.array([1.0, 5.0, 3.0, 1.0]),
                     np.array([-0.5, 0.25, -1.0, 0.125]), np.array([0.5, -0.25, 1.0, -0.125]))
@@ -102,15 +120,17 @@ def test_naive_bayes_weighs_tokens_by_the_class_they_appear_in():
     assert w[3] == pytest.approx(0.0) and w[4] == pytest.approx(0.0)
 
 
-def test_bayes_groups_split_body_subject_and_headers():
+def test_bayes_groups_split_body_subject_sender_and_structure():
     msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
     all_ids, groups = grouped_features(msg)
     assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
-    body, subject, headers = (set(g) for g in groups)
+    body, subject, sender, structure, markup = (set(g) for g in groups)
     assert {_index("kernel"), _index("patch")} <= body
     assert _index("s:quarterly") in subject and _index("s:quarterly") not in body
-    assert _index("ct:text/plain") in headers and _index("kernel") not in headers
-    assert set(all_ids) == body | subject | headers
+    assert _index("ct:text/plain") in structure and _index("kernel") not in structure
+    assert _index("frd:example.org") in sender and _index("frd:example.org") not in structure
+    assert not markup  # a plain-text message
+    assert set(all_ids) == body | subject | sender | structure
 
 
 def test_row_means_of_empty_rows_are_zero():
