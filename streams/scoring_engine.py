@@ -65,8 +65,11 @@ class ScoringEngine:
     def from_settings(cls, settings: Settings) -> ScoringEngine:
         scanner = None
         if settings.clamd_address:
+            # One connection per scan that can run at once (the score agent's actors and
+            # the rescan agent): with fewer, every scan over the pool opened and closed one.
             scanner = ClamdScanner(ClamdAddress.parse(settings.clamd_address),
-                                   settings.clamd_timeout, settings.clamd_connect_timeout)
+                                   settings.clamd_timeout, settings.clamd_connect_timeout,
+                                   pool_size=settings.score_concurrency + 1)
         resolver = None
         if settings.dns_servers:
             resolver = CachingResolver(parse_servers(settings.dns_servers), settings.dns_timeout)

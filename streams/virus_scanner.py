@@ -100,7 +100,9 @@ class ClamdScanner:
         while self._idle:
             session = self._idle.pop()
             try:
-                result = await asyncio.wait_for(self._instream(session, data), self.timeout)
+                # A timeout scope, not wait_for: that wraps every scan in a task of its own.
+                async with asyncio.timeout(self.timeout):
+                    result = await self._instream(session, data)
             except (OSError, asyncio.IncompleteReadError):
                 # Closed by clamd while idle: try the next connection, then a new one.
                 session.close()
@@ -117,7 +119,8 @@ class ClamdScanner:
         session = _Session(reader, writer)
         try:
             writer.write(b"zIDSESSION\0")
-            result = await asyncio.wait_for(self._instream(session, data), self.timeout)
+            async with asyncio.timeout(self.timeout):
+                result = await self._instream(session, data)
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError,
                 asyncio.LimitOverrunError) as exc:
             session.close()

@@ -111,3 +111,21 @@ def test_reply_parsing_and_addresses():
     assert ClamdAddress.parse("unix:///run/clamd.sock").path == "/run/clamd.sock"
     with pytest.raises(ValueError):
         ClamdAddress.parse("127.0.0.1:3310")
+
+
+async def test_the_workers_scanner_keeps_a_connection_per_concurrent_scan(clamd, monkeypatch):
+    from postwarden.config import Settings
+
+    engine = ScoringEngine.from_settings(Settings(clamd_address=clamd.unix_address, score_concurrency=6))
+    opened = []
+    real_open = ClamdScanner._open
+
+    async def counting_open(self):
+        opened.append(1)
+        return await real_open(self)
+
+    monkeypatch.setattr(ClamdScanner, "_open", counting_open)
+    for _ in range(3):  # as the score agent's six actors do, round after round
+        results = await asyncio.gather(*(engine.scanner.scan(plain_message()) for _ in range(6)))
+        assert {r.status for r in results} == {"clean"}
+    assert len(opened) == 6  # the first round's connections serve the later rounds
