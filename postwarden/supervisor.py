@@ -131,6 +131,9 @@ class Supervisor:
         if not self.clamd.database_files():
             log.warning("clamd has only the EICAR test signature: run freshclam for ClamAV's databases",
                         extra={"child": "clamd"})
+        self._launch_clamd()
+
+    def _launch_clamd(self) -> None:
         # A full ClamAV database takes a while to load.
         self.clamd.start(timeout=180)
         log.info("virus scanner started", extra={"child": "clamd", "pid": self.clamd.proc.pid})
@@ -185,8 +188,7 @@ class Supervisor:
             log.error("clamd exited, restarting", extra={
                 "child": "clamd", "returncode": self.clamd.proc.returncode})
             self.clamd.stop()
-            self.clamd.start(timeout=180)
-            log.info("virus scanner started", extra={"child": "clamd", "pid": self.clamd.proc.pid})
+            self._launch_clamd()
         for child in self.children:
             if child.proc is None or child.proc.poll() is None:
                 if child.proc and time.monotonic() - child.started_at > 60:

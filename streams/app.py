@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 settings = load_settings()
+# Verdicts and held mail carry whole messages; Faust's 1 MB default refused larger ones,
+# and a refused changelog or output record kills the worker, which then replays it forever.
+# The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
+MAX_RECORD_BYTES = settings.max_message_size + 256 * 1024
 
 
 class _Worker(faust.Worker):
@@ -55,10 +59,7 @@ app = faust.App(
     # Other workers forward Message Center requests here (streams.mailbox_api).
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
-    # Verdicts and held mail carry whole messages; Faust's 1 MB default refused larger ones,
-    # and a refused changelog or output record kills the worker, which then replays it forever.
-    # The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
-    producer_max_request_size=settings.max_message_size + 256 * 1024,
+    producer_max_request_size=MAX_RECORD_BYTES,
     producer_linger=settings.producer_linger_ms / 1000,
     autodiscover=False,
     Worker=_Worker,
@@ -110,7 +111,7 @@ class _Consumer(kafka_driver.Consumer):
         # Table recovery reads changelogs up to these: see streams.changelog_offsets.
         ends = await super().highwaters(*partitions)
         return await confirmed_ends(settings.bootstrap_list, client_kwargs(settings), ends,
-                                    settings.max_message_size + 256 * 1024)
+                                    MAX_RECORD_BYTES)
 
 
 class _Transport(kafka_driver.Transport):

@@ -17,7 +17,6 @@ import time
 from collections.abc import Iterable
 
 from faust.types import TP
-
 from prometheus_client import Counter
 
 from postwarden.held_mail import seal_held
@@ -70,23 +69,20 @@ def _active_here(key: bytes) -> bool:
     return partition in _owned[1]
 
 
-async def submit(verdicts_: Iterable[Verdict]) -> int:
+async def submit(verdicts_: Iterable[Verdict]) -> None:
     """Routes each verdict here when its recipient's state is on this worker, else sends
-    it to mail.verdicts for the worker that has it; returns how many were routed here.
+    it to mail.verdicts for the worker that has it.
 
     Both ways the outputs are sent before the caller's input offset is committed, so a
     crash replays the message either way (delivery and the quarantine store dedupe).
     """
-    here = 0
     for verdict in verdicts_:
         verdict = _lowercased(verdict)
         key = verdict.recipient.encode()
         if _active_here(key):
             await apply(verdict)
-            here += 1
         else:
             await verdicts.send(key=key, value=verdict.encode())
-    return here
 
 
 def _lowercased(verdict: Verdict) -> Verdict:

@@ -13,9 +13,9 @@ import logging
 from prometheus_client import Counter, Gauge
 
 from postwarden.records import Envelope
+from streams import policy_agent
 from streams.app import app, decoded, settings
 from streams.scan_retry import Rescanner, ScanRetry
-from streams import policy_agent
 from streams.score_agent import fan_out, rescans, scorer
 
 log = logging.getLogger(__name__)

@@ -343,12 +343,6 @@ class SpamModel:
         object.__setattr__(self, "_w", self.weights.astype(np.float64))
         object.__setattr__(self, "_nb", self.nb_weights.astype(np.float64))
 
-    def token_logit(self, feature_ids: list[int]) -> float:
-        return self._token_logit(_id_array(feature_ids))
-
-    def nb_mean(self, feature_ids: list[int]) -> float:
-        return self._nb_mean(_id_array(feature_ids))
-
     def _token_logit(self, ids: np.ndarray) -> float:
         return self.bias + float(self._w[ids].sum()) * _scale(len(ids))  # type: ignore[attr-defined]
 
@@ -398,10 +392,6 @@ class SpamModel:
                             npz["stump_left"], npz["stump_right"])
             return cls(npz["weights"].astype(np.float32), float(npz["bias"]),
                        npz["nb_weights"].astype(np.float32), stumps, float(npz["threshold"]), meta)
-
-
-def _id_array(feature_ids: list[int]) -> np.ndarray:
-    return np.fromiter(feature_ids, dtype=np.intp, count=len(feature_ids))
 
 
 def _scale(n: int) -> float:
