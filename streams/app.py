@@ -7,12 +7,14 @@ building it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable
 from typing import TypeVar
 
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
+from mode.services import WaitResults
 
 from postwarden.config import load_settings
 from postwarden.kafka_security import client_kwargs, faust_credentials
@@ -107,6 +109,33 @@ class _Consumer(kafka_driver.Consumer):
                 return None
         return super()._new_offset(tp)
 
+    async def wait_first(self, *coros, timeout=None):
+        # Faust's fetch loop hands each message to the agents through
+        # wait_first(callback(message), suspend_flow.wait()): four tasks and an
+        # asyncio.wait per message, finished a turn of the event loop later. With the
+        # score agent's actors busy, a turn took ~2 ms, which paced the whole worker at
+        # ~500 messages/s while its actors waited for input. While nothing can make the
+        # callback wait (flow active, producer buffer and stream queues below their
+        # limits) it runs to its end at once, so there is nothing for a rebalance's
+        # suspend_flow to interrupt; otherwise Faust's way is kept.
+        if (len(coros) == 2 and timeout is None and self._waits_on_suspend_flow(coros[1])
+                and self._delivery_cannot_block()):
+            coros[1].close()
+            await coros[0]
+            return WaitResults([coros[0]], [None], False)
+        return await super().wait_first(*coros, timeout=timeout)
+
+    def _waits_on_suspend_flow(self, coro) -> bool:
+        frame = getattr(coro, "cr_frame", None)
+        return frame is not None and frame.f_locals.get("self") is self.suspend_flow
+
+    def _delivery_cannot_block(self) -> bool:
+        app = self.app
+        return (not self.suspend_flow.is_set() and not self.should_stop
+                and app.flow_control.is_active()
+                and app.producer.buffer.size <= app.producer.buffer.max_messages
+                and not any(t.queue.full() for t in app.topics))
+
     async def highwaters(self, *partitions):
         # Table recovery reads changelogs up to these: see streams.changelog_offsets.
         ends = await super().highwaters(*partitions)
@@ -126,6 +155,31 @@ def topic(spec: TopicSpec) -> faust.TopicT:
     return app.topic(spec.name, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw",
                      partitions=settings.topic_partitions)
+
+
+async def send(topic: faust.TopicT, key: bytes, value: bytes) -> asyncio.Future:
+    """Hands one record to the worker's producer; the future resolves when the broker
+    has it. Faust's commit flushes the producer first, so a record sent before its
+    input's offset is committed is never lost to a crash.
+
+    Not ``topic.send``: that passes through ``app.maybe_start_producer``, a
+    stampede-guarded coroutine that yields to the event loop three times per call.
+    In a busy worker each yield waits behind every ready actor, and routing a message
+    spent more time there than in scoring it.
+    """
+    producer = app.producer
+    if not producer.started:
+        await app.maybe_start_producer()
+    future = await producer.send(topic.get_topic_name(), key, value, partition=None,
+                                 timestamp=None, headers=None)
+    future.add_done_callback(_log_send_failure)
+    return future
+
+
+def _log_send_failure(future: asyncio.Future) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.error("producer failed to send a record",
+                  extra={"reason": repr(future.exception())[:200]})
 
 
 async def decoded(stream: AsyncIterable[bytes], decode: Callable[[bytes], R],

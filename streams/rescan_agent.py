@@ -14,7 +14,7 @@ from prometheus_client import Counter, Gauge
 
 from postwarden.records import Envelope
 from streams import policy_agent
-from streams.app import app, decoded, settings
+from streams.app import app, decoded, send, settings
 from streams.scan_retry import Rescanner, ScanRetry
 from streams.score_agent import fan_out, rescans, scorer
 
@@ -60,7 +60,7 @@ async def rescan(stream):
         done = await rescanner.rescan(retry, envelope)
         RESCANNED.labels(done.outcome).inc()
         if done.result is None:
-            await rescans.send(key=retry.message_id.encode(), value=value)
+            await send(rescans, retry.message_id.encode(), value)
             log.info("rescan requeued for a rebalance", extra={
                 "message_id": retry.message_id, "tenant": retry.tenant})
             continue

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, Message
 from yarl import URL
 
 from postwarden.config import ConfigError, Settings, load_settings
+from postwarden.topics import DELIVER
 from streams import app as app_module
 
 
@@ -68,3 +70,87 @@ def test_a_worker_logging_at_warning_keeps_the_root_logger_at_warning():
     worker = app_module.app.conf.Worker(app_module.app, loglevel="warn")
     worker.on_setup_root_logger(logger, logging.WARNING)
     assert logger.level == logging.WARNING and len(logger.handlers) == 1
+
+
+def test_a_fetched_message_reaches_the_agents_without_a_turn_of_the_event_loop():
+    # Faust's way (four tasks and asyncio.wait per message) let every ready actor run
+    # before the next message was handed on, which paced a busy worker.
+    consumer = app_module.app.consumer
+
+    async def main() -> tuple[list[str], list[str]]:
+        delivered: list[str] = []
+        turned: list[str] = []
+
+        async def callback() -> None:
+            delivered.append("message")
+
+        asyncio.get_running_loop().call_soon(turned.append, "turn")
+        async with asyncio.timeout(10):  # a scope, not a task: that would take a turn itself
+            await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+        return delivered, list(turned)  # the loop's next turn comes after main returns
+
+    # A running worker's flow is active (Faust suspends it only around a rebalance).
+    app_module.app.flow_control.resume()
+    try:
+        assert asyncio.run(main()) == (["message"], [])
+    finally:
+        app_module.app.flow_control.suspend()
+
+
+@pytest.mark.parametrize("suspended", ["suspend_flow", "flow_control"])
+def test_a_delivery_during_a_rebalance_goes_fausts_interruptible_way(suspended, monkeypatch):
+    # While a rebalance suspends the flow, a callback may block (flow control, a full
+    # stream queue): Faust's wait_first must then race it against suspend_flow.
+    consumer = app_module.app.consumer
+    raced: list[int] = []
+
+    async def fausts_wait_first(self, *coros, timeout=None):
+        for coro in coros:
+            coro.close()
+        raced.append(len(coros))
+
+    monkeypatch.setattr(kafka_driver.Consumer, "wait_first", fausts_wait_first)
+    delivered: list[str] = []
+
+    async def callback() -> None:
+        delivered.append("message")
+
+    async def main() -> None:
+        await consumer.wait_first(callback(), consumer.suspend_flow.wait())
+
+    app_module.app.flow_control.resume()
+    if suspended == "suspend_flow":
+        consumer.suspend_flow.set()
+    else:
+        app_module.app.flow_control.suspend()
+    try:
+        asyncio.run(main())
+    finally:
+        consumer.suspend_flow.clear()
+        app_module.app.flow_control.suspend()
+    assert raced == [2] and delivered == []
+
+
+def test_send_hands_a_record_to_the_producer_without_yielding(broker, monkeypatch):
+    # topic.send went through Faust's stampede-guarded maybe_start_producer, three
+    # yields to the event loop per record, each behind every ready actor.
+    deliver = app_module.topic(DELIVER)
+
+    async def main() -> tuple[list[str], int]:
+        transport = app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app)
+        producer = transport.create_producer(beacon=app_module.app.beacon)
+        monkeypatch.setattr(type(app_module.app), "producer", producer)
+        await producer.start()
+        try:
+            await (await app_module.send(deliver, b"t", b"first"))  # metadata is fetched once
+            turned: list[str] = []
+            asyncio.get_running_loop().call_soon(turned.append, "turn")
+            future = await app_module.send(deliver, b"t", b"second")
+            seen_before_ack = list(turned)
+            metadata = await asyncio.wait_for(future, 30)
+            return seen_before_ack, metadata.offset
+        finally:
+            await producer.stop()
+
+    turned, offset = asyncio.run(asyncio.wait_for(main(), 60))
+    assert turned == [] and offset == 1
