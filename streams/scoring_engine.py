@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from dataclasses import dataclass
 
 from postwarden.config import ConfigError, Settings
 from postwarden.records import Envelope, RuleHit
@@ -49,6 +50,16 @@ def rule_offset(msg: ParsedMessage) -> float:
     return sum(r.score for r in run_rules(ctx) if r.category in SPAM_CATEGORIES)
 
 
+@dataclass
+class _Judged:
+    """A message's verdict before its virus scan is in."""
+
+    category_scores: dict[str, float]
+    categories: list[str]
+    hits: list[RuleHit]
+    dangerous_rule: str  # the first dangerous-attachment rule that fired, or ""
+
+
 class ScoringEngine:
     name = "engine-v1"
 
@@ -84,16 +95,19 @@ class ScoringEngine:
     def score_sync(self, raw: bytes, envelope: Envelope | None = None) -> ScoreResult:
         """Parse, rules, model and attachment policy; virus scan and DNS checks do not happen."""
         msg = parse(raw)
-        return self._combine(msg, envelope, AuthResults(), scan=None)
+        return self._with_scan(msg, self._judge(msg, envelope, AuthResults()), scan=None)
 
     # --- the agent's path ----------------------------------------------------
 
     async def score(self, raw: bytes, envelope: Envelope) -> ScoreResult:
-        msg = parse(raw)
+        # The scan goes first: clamd works on it on the other core while this one
+        # parses and judges the content, instead of after the parse.
         scan_task = asyncio.ensure_future(self._scan(raw, envelope)) if self.scanner else None
+        msg = parse(raw)
         auth = await self._authenticate(raw, msg, envelope)
+        judged = self._judge(msg, envelope, auth)
         scan = await scan_task if scan_task else None
-        return self._combine(msg, envelope, auth, scan)
+        return self._with_scan(msg, judged, scan)
 
     async def _scan(self, raw: bytes, envelope: Envelope):
         assert self.scanner is not None
@@ -119,7 +133,8 @@ class ScoringEngine:
 
     # --- combination ---------------------------------------------------------
 
-    def _combine(self, msg: ParsedMessage, envelope: Envelope | None, auth: AuthResults, scan) -> ScoreResult:
+    def _judge(self, msg: ParsedMessage, envelope: Envelope | None, auth: AuthResults) -> _Judged:
+        """Rules, model and attachment policy: everything but the virus scan."""
         report = inspect_attachments(msg)
         ctx = RuleContext(msg, report, auth, envelope.received_at if envelope else None)
         fired = run_rules(ctx, self.rules)
@@ -144,7 +159,10 @@ class ScoringEngine:
         categories = [c for c in SCORED_CATEGORIES if category_scores.get(c, 0.0) >= DEFAULT_LEVEL]
         if dangerous:
             categories.append("dangerous_attachment")
+        return _Judged(category_scores, categories, hits, dangerous[0].name if dangerous else "")
 
+    def _with_scan(self, msg: ParsedMessage, judged: _Judged, scan) -> ScoreResult:
+        category_scores, categories, hits = judged.category_scores, judged.categories, judged.hits
         virus = None
         if msg.unparseable:
             categories.append("unparseable")
@@ -160,9 +178,9 @@ class ScoringEngine:
             virus = SCAN_UNAVAILABLE
             categories.append("scan_failed")
             hits.append(RuleHit("VIRUS_SCAN_FAILED", 0.0, "virus scanner unavailable: message held"))
-        if virus is None and dangerous:
+        if virus is None and judged.dangerous_rule:
             # The attachment policy holds mail like a signature match would.
-            virus = f"Policy.{dangerous[0].name}"
+            virus = f"Policy.{judged.dangerous_rule}"
         category_scores["virus"] = 100.0 if virus and virus != SCAN_UNAVAILABLE else 0.0
         return ScoreResult(
             spam_score=category_scores["spam"], category_scores=category_scores,
