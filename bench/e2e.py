@@ -8,7 +8,8 @@
 Starts a Tansu broker, a private clamd (EICAR signatures), ClickHouse (chdb in
 the stats sink, or a server), --workers Faust workers, an ingest node, the stats sink
 and (unless --no-delivery) the delivery sink with a loopback downstream SMTP
-server that accepts everything, each as its own process, then:
+server that accepts and discards everything (bench/sink_smtpd.py, standing in for the
+provider's), each as its own process, then:
 
 1. throughput: sends --messages corpus messages as fast as --concurrency SMTP
    sessions allow and prints sustained messages/s from the first SMTP accept
@@ -83,8 +84,8 @@ def load_messages(limit: int) -> list[bytes]:
         ]
         source = "generated (corpus not found: run scripts/get-corpus.sh)"
     raws = [r.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") for r in raws]
-    # Lines over RFC 5322's 998 bytes: the ingest node refuses those over 4096 and the
-    # downstream server (aiosmtpd) those over 998, and a sending MTA would have wrapped them.
+    # Lines over RFC 5322's 998 bytes: the ingest node refuses those over 4096, and a
+    # sending MTA would have wrapped them.
     # Bare CRs are refused (554) by the ingest node.
     kept = [r for r in raws if max(map(len, r.split(b"\r\n"))) <= 998 and b"\r" not in r.replace(b"\r\n", b"")]
     print(f"messages: {len(kept)} from {source} ({len(raws) - len(kept)} left out: lines over 998 bytes or bare CRs), "
@@ -192,9 +193,9 @@ class Pipeline:
                       for i in range(1, self.args.workers + 1)),
                     ("ingest", ["ingest"], {"POSTWARDEN_SMTP_PORT": str(self.smtp_port)})]
         if self.args.delivery:
-            # The tenant's mailbox server: accepts and discards (aiosmtpd's Sink handler).
-            self._spawn("downstream", [sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink",
-                                       "-l", f"127.0.0.1:{downstream_port}"], env)
+            # The tenant's mailbox server: accepts and discards (bench/sink_smtpd.py).
+            self._spawn("downstream", [sys.executable, str(REPO / "bench" / "sink_smtpd.py"),
+                                       str(downstream_port)], env)
             wait_for_port("127.0.0.1", downstream_port, 20, self.procs[-1].popen)
             children.append(("delivery", ["sink", "delivery"], {}))
         health = {name: free_port() for name, _, _ in children}
