@@ -24,7 +24,7 @@ from postwarden.records import RoutedMessage, Verdict
 from postwarden.sealing import Sealer
 from postwarden.topics import DELIVER, EVENTS, QUARANTINE, USERS_CHANGELOG, VERDICTS
 from postwarden.users import effective
-from streams.app import app, decoded, settings, topic
+from streams.app import app, decoded, send, settings, topic
 from streams.mailbox import user_record
 from streams.policy import decide
 from streams.stats_events import anonymous_event
@@ -82,7 +82,7 @@ async def submit(verdicts_: Iterable[Verdict]) -> None:
         if _active_here(key):
             await apply(verdict)
         else:
-            await verdicts.send(key=key, value=verdict.encode())
+            await send(verdicts, key, verdict.encode())
 
 
 def _lowercased(verdict: Verdict) -> Verdict:
@@ -101,12 +101,12 @@ async def apply(verdict: Verdict) -> None:
         rules=verdict.rules, received_at=verdict.received_at, raw=verdict.raw,
     )
     if action == "deliver":
-        await deliver.send(key=verdict.tenant.encode(), value=routed.encode())
+        await send(deliver, verdict.tenant.encode(), routed.encode())
     else:
         held = seal_held(sealer, routed)
-        await quarantine.send(key=verdict.recipient.encode(), value=held.encode())
-    await events.send(key=verdict.tenant.encode(),
-                      value=anonymous_event(verdict, action, time.time()).encode())
+        await send(quarantine, verdict.recipient.encode(), held.encode())
+    await send(events, verdict.tenant.encode(),
+               anonymous_event(verdict, action, time.time()).encode())
     ROUTED.labels(action).inc()
     log.info("routed", extra={"message_id": verdict.message_id, "tenant": verdict.tenant,
                               "status": action, "reason": reason})

@@ -14,7 +14,7 @@ from prometheus_client import Counter
 from postwarden.records import Envelope, RecordError, RuleHit, Verdict
 from postwarden.topics import INBOUND, RESCAN
 from streams import policy_agent
-from streams.app import app, settings, topic
+from streams.app import app, send, settings, topic
 from streams.scan_retry import ScanRetry, scan_failed
 from streams.scorer import Scorer
 from streams.scoring_engine import ScoringEngine
@@ -66,7 +66,7 @@ async def score(stream):
         SCORED.labels(result.verdict).inc()
         if scan_failed(result):
             retry = ScanRetry.of(envelope, raw, time.time())
-            await rescans.send(key=envelope.message_id.encode(), value=retry.encode())
+            await send(rescans, envelope.message_id.encode(), retry.encode())
             DEFERRED.inc()
             continue
         await policy_agent.submit(fan_out(envelope, raw, result))
