@@ -8,6 +8,22 @@ from typing import Any
 
 from kafka import KafkaConsumer, TopicPartition
 
+# A scan that cannot reach the broker gives up after these, not kafka-python's 30 s:
+# the delivery sink's periodic scan runs in a thread its process waits for on exit,
+# so a scan that began as the broker went away held a stopping sink for 30 s.
+BOOTSTRAP_TIMEOUT_MS = 5_000
+REQUEST_TIMEOUT_MS = 10_000
+
+
+def scan_consumer(bootstrap: list[str], group_id: str,
+                  security: Mapping[str, Any] | None = None) -> KafkaConsumer:
+    """A consumer of ``group_id``'s committed offsets that never joins the group."""
+    return KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
+                         enable_auto_commit=False, auto_offset_reset="earliest",
+                         client_id="postwarden-queue", consumer_timeout_ms=500,
+                         bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
+                         request_timeout_ms=REQUEST_TIMEOUT_MS, **(security or {}))
+
 
 def records_until_end(consumer: KafkaConsumer, tps: list[TopicPartition], from_committed: bool,
                       timeout: float, starts: Mapping[TopicPartition, int] | None = None,

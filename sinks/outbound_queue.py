@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import TopicPartition
 
 from postwarden.records import RecordError, RoutedMessage
-from postwarden.topic_scan import records_until_end
+from postwarden.topic_scan import records_until_end, scan_consumer
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks.retry_schedule import DeliveryRetry
 
@@ -96,10 +96,7 @@ def scan_queue(bootstrap: list[str], group_id: str, partitions: list[int] | None
     """Reads the unfinished part of the delivery topics (blocking; run it in a thread)."""
     index = QueueIndex()
     seen = seen if seen is not None else DeliveredSeen()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             client_id="postwarden-queue", consumer_timeout_ms=500,
-                             **(security or {}))
+    consumer = scan_consumer(bootstrap, group_id, security)
     try:
         known = consumer.partitions_for_topic(DELIVER.name) or set()
         wanted = sorted(known if partitions is None else set(partitions) & known)

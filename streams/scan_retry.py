@@ -156,14 +156,11 @@ def scan_rescan_queue(bootstrap: list[str], group_id: str, timeout: float = 30.0
 
     Counts distinct message ids from the group's committed offsets to the end.
     """
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    from postwarden.topic_scan import records_until_end
+    from postwarden.topic_scan import records_until_end, scan_consumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group_id,
-                             enable_auto_commit=False, auto_offset_reset="earliest",
-                             client_id="postwarden-queue", consumer_timeout_ms=500,
-                             **(security or {}))
+    consumer = scan_consumer(bootstrap, group_id, security)
     received: dict[str, float] = {}
     try:
         tps = [TopicPartition(RESCAN.name, p)

@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
+from postwarden.local_services import free_port
+from postwarden.topic_scan import BOOTSTRAP_TIMEOUT_MS
 from postwarden.topics import DELIVERED
 from sinks.delivery_log import DeliveryOutcome, log_key
 from sinks.outbound_queue import DeliveredSeen, scan_queue
@@ -45,3 +49,12 @@ def test_scans_read_the_delivered_log_incrementally(broker):
     assert seen.positions[0] == 3
     # A scan without memory reads the whole log and agrees.
     assert waiting(scan_queue([broker.bootstrap], "delivery")) == {later.message_id}
+
+
+def test_a_scan_of_a_broker_that_is_gone_gives_up_within_its_bootstrap_timeout():
+    # The delivery sink's periodic scan runs in a thread its process waits for on exit:
+    # with kafka-python's 30 s a scan begun as the broker went away held a stopping sink.
+    started = time.monotonic()
+    with pytest.raises(KafkaError):
+        scan_queue([f"127.0.0.1:{free_port()}"], "postwarden-delivery", [0])
+    assert time.monotonic() - started < BOOTSTRAP_TIMEOUT_MS / 1000 + 5
