@@ -28,7 +28,7 @@ from postwarden.topics import (
     QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
-from streams.app import app, decoded, settings, topic
+from streams.app import app, decoded, send, settings, topic
 from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
 log = logging.getLogger(__name__)
@@ -99,9 +99,9 @@ async def submit(cmd: UserCommand | QuarantineCommand, timeout: float = 10.0) ->
     future = _waiting[cmd.command_id] = asyncio.get_running_loop().create_future()
     try:
         if isinstance(cmd, UserCommand):
-            await user_settings_topic.send(key=cmd.address.encode(), value=cmd.encode())
+            await send(user_settings_topic, cmd.address.encode(), cmd.encode())
         else:
-            await quarantine_actions_topic.send(key=cmd.recipient.encode(), value=cmd.encode())
+            await send(quarantine_actions_topic, cmd.recipient.encode(), cmd.encode())
         return await asyncio.wait_for(future, timeout)
     except asyncio.TimeoutError:
         return {"status": "pending"}
@@ -162,8 +162,8 @@ async def apply_quarantine_command(cmd: QuarantineCommand, now: float) -> dict:
         mail_from=entry.sender, action="deliver", reason="released", spam_score=entry.score,
         virus=None, categories=list(entry.categories), rules=list(entry.rules),
         received_at=entry.received_at, raw=raw)
-    await deliver_topic.send(key=cmd.tenant.encode(), value=released.encode())
-    await events_topic.send(key=cmd.tenant.encode(), value=StatsEvent(
+    await send(deliver_topic, cmd.tenant.encode(), released.encode())
+    await send(events_topic, cmd.tenant.encode(), StatsEvent(
         tenant=cmd.tenant, event_time=now, verdict=verdict_label(None, list(entry.categories)),
         category=entry.categories[0] if entry.categories else "none", action="release",
         size_bytes=entry.size, spam_score=entry.score,
@@ -224,4 +224,4 @@ async def retention_sweep() -> None:
         return
     for tenant, recipient, message_id in store.due(time.time(), _active_recipients()):
         cmd = new_quarantine_command(tenant, recipient, message_id, "expire")
-        await quarantine_actions_topic.send(key=recipient.encode(), value=cmd.encode())
+        await send(quarantine_actions_topic, recipient.encode(), cmd.encode())
