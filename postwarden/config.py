@@ -630,6 +630,16 @@ class Settings(BaseSettings):
         return [float(x) for x in self.delivery_retry_delays.split(",")]
 
     @property
+    def max_record_bytes(self) -> int:
+        """Largest record a producer or consumer of the worker's and sinks' topics handles.
+
+        Verdicts, routed and held mail carry whole messages: Kafka clients' 1 MB default
+        refused larger ones, and a refused record kills its process, which then replays
+        it forever. The overhead also covers the quarantine index's largest value.
+        """
+        return self.max_message_size + 256 * 1024
+
+    @property
     def bootstrap_list(self) -> list[str]:
         return [s.strip() for s in self.bootstrap_servers.split(",") if s.strip()]
 

@@ -130,7 +130,7 @@ class DeliverySink:
         bootstrap = self.settings.bootstrap_list
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, client_id="postwarden-delivery", acks="all",
-            enable_idempotence=False, max_request_size=self.settings.max_message_size + 256 * 1024,
+            enable_idempotence=False, max_request_size=self.settings.max_record_bytes,
             linger_ms=1, **client_kwargs(self.settings))
         self._consumer = AIOKafkaConsumer(
             *SOURCE_TOPICS, bootstrap_servers=bootstrap, group_id=self.group_id,
@@ -139,7 +139,7 @@ class DeliverySink:
             auto_offset_reset="earliest", session_timeout_ms=6000, heartbeat_interval_ms=1000,
             max_poll_interval_ms=600_000, fetch_max_wait_ms=self.settings.consumer_fetch_wait_ms,
             fetch_max_bytes=max(52_428_800, self.settings.max_message_size * 2),
-            max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
+            max_partition_fetch_bytes=self.settings.max_record_bytes,
             # Range assignment gives partition p of every delivery topic to the same
             # member: the delivered-log partition it loads covers all its records.
             partition_assignment_strategy=(RangePartitionAssignor,),

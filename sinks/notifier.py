@@ -79,13 +79,13 @@ class Notifier:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, client_id="postwarden-notifier", acks="all",
             enable_idempotence=False, linger_ms=1,
-            max_request_size=self.settings.max_message_size + 256 * 1024,
+            max_request_size=self.settings.max_record_bytes,
             **client_kwargs(self.settings))
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=self.group_id, client_id="postwarden-notifier",
             enable_auto_commit=False, auto_offset_reset="earliest", session_timeout_ms=6000,
             heartbeat_interval_ms=1000, fetch_max_wait_ms=self.settings.consumer_fetch_wait_ms,
-            max_partition_fetch_bytes=self.settings.max_message_size + 256 * 1024,
+            max_partition_fetch_bytes=self.settings.max_record_bytes,
             **client_kwargs(self.settings))
         await start_when_reachable(self._producer, stop)
         self._consumer.subscribe([QUARANTINE.name], listener=RebalanceRelay(self))

@@ -26,10 +26,7 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 settings = load_settings()
-# Verdicts and held mail carry whole messages; Faust's 1 MB default refused larger ones,
-# and a refused changelog or output record kills the worker, which then replays it forever.
-# The overhead also covers the quarantine index's largest value (MAX_VALUE_BYTES).
-MAX_RECORD_BYTES = settings.max_message_size + 256 * 1024
+MAX_RECORD_BYTES = settings.max_record_bytes
 
 
 class _Worker(faust.Worker):
