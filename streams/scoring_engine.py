@@ -103,9 +103,15 @@ class ScoringEngine:
         # The scan goes first: clamd works on it on the other core while this one
         # parses and judges the content, instead of after the parse.
         scan_task = asyncio.ensure_future(self._scan(raw, envelope)) if self.scanner else None
-        msg = parse(raw)
-        auth = await self._authenticate(raw, msg, envelope)
-        judged = self._judge(msg, envelope, auth)
+        try:
+            msg = parse(raw)
+            auth = await self._authenticate(raw, msg, envelope)
+            judged = self._judge(msg, envelope, auth)
+        except BaseException:
+            # A cancelled actor (rebalance, stop) or a failure leaves no scan running.
+            if scan_task:
+                scan_task.cancel()
+            raise
         scan = await scan_task if scan_task else None
         return self._with_scan(msg, judged, scan)
 

@@ -80,7 +80,10 @@ class ClamdScanner:
             conn = asyncio.open_unix_connection(self.address.path)
         else:
             conn = asyncio.open_connection(self.address.host, self.address.port)
-        return await asyncio.wait_for(conn, self.connect_timeout)
+        # A scope, not wait_for: Python 3.11's wait_for drops a cancellation that arrives
+        # as the connection completes, and the cancelled scan then went on.
+        async with asyncio.timeout(self.connect_timeout):
+            return await conn
 
     async def ping(self) -> bool:
         try:

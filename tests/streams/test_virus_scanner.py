@@ -129,3 +129,31 @@ async def test_the_workers_scanner_keeps_a_connection_per_concurrent_scan(clamd,
         results = await asyncio.gather(*(engine.scanner.scan(plain_message()) for _ in range(6)))
         assert {r.status for r in results} == {"clean"}
     assert len(opened) == 6  # the first round's connections serve the later rounds
+
+
+async def test_a_cancelled_scoring_leaves_no_scan_running(tmp_path, monkeypatch):
+    # The scan starts before the content is judged: an actor cancelled meanwhile
+    # (rebalance, stop) must not leave it behind. This clamd stand-in never answers.
+    async def silent(reader, writer):
+        await reader.read()
+
+    path = tmp_path / "silent.sock"
+    server = await asyncio.start_unix_server(silent, str(path))
+    engine = ScoringEngine(scanner=ClamdScanner(ClamdAddress(path=str(path)), timeout=60))
+    authenticating = asyncio.Event()
+
+    async def slow_auth(*args):
+        authenticating.set()
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(engine, "_authenticate", slow_auth)
+    before = asyncio.all_tasks()
+    scoring = asyncio.ensure_future(engine.score(plain_message(), envelope()))
+    await asyncio.wait_for(authenticating.wait(), 10)
+    scans = {t for t in asyncio.all_tasks() - before if "_scan" in repr(t.get_coro())}
+    scoring.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await scoring
+    await asyncio.wait(scans, timeout=5)
+    server.close()
+    assert len(scans) == 1 and all(t.cancelled() for t in scans)
