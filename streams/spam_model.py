@@ -426,8 +426,8 @@ class Matrix:
         return Matrix.from_rows([self.indices[self.indptr[r]:self.indptr[r + 1]].tolist() for r in rows])
 
     def dot(self, w: np.ndarray) -> np.ndarray:
-        prod = w[self.indices] * self.values
-        sums = np.add.reduceat(prod, self.indptr[:-1]) if len(prod) else np.zeros(self.n)
+        # The appended zero keeps reduceat's start indices in range when the last rows are empty.
+        sums = np.add.reduceat(np.append(w[self.indices] * self.values, 0.0), self.indptr[:-1])
         sums[np.diff(self.indptr) == 0] = 0.0
         return sums
 

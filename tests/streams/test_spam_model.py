@@ -141,6 +141,14 @@ def test_row_means_of_empty_rows_are_zero():
     assert x.row_means(w).tolist() == [2.0, 0.0, -4.0, 0.0]
 
 
+def test_dot_of_empty_rows_is_zero():
+    x = Matrix.from_rows([[1, 2], [], [3], []])
+    w = np.zeros(DIM)
+    w[1], w[2], w[3] = 1.0, 3.0, -4.0
+    # Rows are scaled by 1/sqrt(len): [1, 2] -> (1 + 3) / sqrt(2).
+    assert np.allclose(x.dot(w), [4 / np.sqrt(2), 0.0, -4.0, 0.0])
+
+
 def _corpus(tmp_path):
     rng = random.Random(7)
     data = tmp_path / "data"
