@@ -425,19 +425,18 @@ class Matrix:
     def take(self, rows: np.ndarray) -> Matrix:
         return Matrix.from_rows([self.indices[self.indptr[r]:self.indptr[r + 1]].tolist() for r in rows])
 
-    def dot(self, w: np.ndarray) -> np.ndarray:
+    def _row_sums(self, per_entry: np.ndarray) -> np.ndarray:
         # The appended zero keeps reduceat's start indices in range when the last rows are empty.
-        sums = np.add.reduceat(np.append(w[self.indices] * self.values, 0.0), self.indptr[:-1])
+        sums = np.add.reduceat(np.append(per_entry, 0.0), self.indptr[:-1])
         sums[np.diff(self.indptr) == 0] = 0.0
         return sums
 
+    def dot(self, w: np.ndarray) -> np.ndarray:
+        return self._row_sums(w[self.indices] * self.values)
+
     def row_means(self, w: np.ndarray) -> np.ndarray:
         """Per row, the mean of ``w`` over the row's columns (0 for an empty row)."""
-        lengths = np.diff(self.indptr)
-        # The appended zero keeps reduceat's start indices in range when the last rows are empty.
-        sums = np.add.reduceat(np.append(w[self.indices], 0.0), self.indptr[:-1])
-        sums[lengths == 0] = 0.0
-        return sums / np.maximum(lengths, 1)
+        return self._row_sums(w[self.indices]) / np.maximum(np.diff(self.indptr), 1)
 
     def tdot(self, r: np.ndarray, width: int = DIM) -> np.ndarray:
         per_entry = np.repeat(r, np.diff(self.indptr)) * self.values
