@@ -26,7 +26,6 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 settings = load_settings()
-MAX_RECORD_BYTES = settings.max_record_bytes
 
 
 class _Worker(faust.Worker):
@@ -58,7 +57,7 @@ app = faust.App(
     # Other workers forward Message Center requests here (streams.mailbox_api).
     canonical_url=settings.worker_canonical_url or None,
     producer_max_batch_size=settings.producer_max_batch_size,
-    producer_max_request_size=MAX_RECORD_BYTES,
+    producer_max_request_size=settings.max_record_bytes,
     producer_linger=settings.producer_linger_ms / 1000,
     autodiscover=False,
     Worker=_Worker,
@@ -137,7 +136,7 @@ class _Consumer(kafka_driver.Consumer):
         # Table recovery reads changelogs up to these: see streams.changelog_offsets.
         ends = await super().highwaters(*partitions)
         return await confirmed_ends(settings.bootstrap_list, client_kwargs(settings), ends,
-                                    MAX_RECORD_BYTES)
+                                    settings.max_record_bytes)
 
 
 class _Transport(kafka_driver.Transport):
