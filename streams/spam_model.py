@@ -531,5 +531,6 @@ def fit_stumps(inputs: np.ndarray, y: np.ndarray, init: np.ndarray, rounds: int,
                   np.array([c[2] for c in chosen]), np.array([c[3] for c in chosen]))
 
 
-def fold_of(sha256: str, folds: int) -> int:
-    return int(hashlib.sha256(b"fold:" + sha256.encode()).hexdigest()[:8], 16) % folds
+def fold_of(sha256: str, folds: int, salt: str = "fold") -> int:
+    """A message's fold; another salt gives another partition of the same messages."""
+    return int(hashlib.sha256(salt.encode() + b":" + sha256.encode()).hexdigest()[:8], 16) % folds

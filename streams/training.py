@@ -234,36 +234,66 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.n
     return final, {fpr: (caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS}
 
 
+@dataclass(frozen=True)
+class TrainingSet:
+    """The manifest's messages as model inputs, computed once for every fold partition."""
+
+    examples: list[Example]
+    tok: Tokens
+    y: np.ndarray
+    offset: np.ndarray  # each message's rule contributions
+    message_counts: np.ndarray
+
+
+def prepare(examples: list[Example],
+            offsets_for: Callable[[ParsedMessage], float] | None = None) -> TrainingSet:
+    parsed = [parse(e.raw) for e in examples]
+    grouped = [grouped_features(p) for p in parsed]
+    rows = [g[0] for g in grouped]
+    tok = Tokens(Matrix.from_rows(rows),
+                 [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))])
+    return TrainingSet(
+        examples, tok,
+        np.array([1.0 if e.spam else 0.0 for e in examples]),
+        np.array([offsets_for(p) if offsets_for else 0.0 for p in parsed]),
+        np.array([counts(p, len(r)) for p, r in zip(parsed, rows)]))
+
+
+def folds(data: TrainingSet, salt: str = "fold") -> np.ndarray:
+    """Each message's fold; the shipped model's figures use the default salt."""
+    return np.array([fold_of(e.sha256, FOLDS, salt) for e in data.examples])
+
+
+def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERATIONS,
+                   log: Callable[[str], None] = print,
+                   ) -> tuple[TokenScores, np.ndarray, list[OperatingPoint]]:
+    """Token models' out-of-fold scores, the whole pipeline's, and its rates per ham budget."""
+    started = time.monotonic()
+    token_oof = _out_of_fold(data.tok, data.y, data.offset, fold, iterations)
+    log(f"  {FOLDS}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
+    oof, nested = _nested(data.tok, data.y, data.offset, data.message_counts, fold, token_oof,
+                          iterations, log)
+    points = [OperatingPoint(fpr, *_rates(oof, data.y, choose_threshold(oof, data.y, fpr)), *nested[fpr])
+              for fpr in REPORTED_FPRS]
+    return token_oof, oof, points
+
+
 def run_training(
     manifest: Path, corpus: Path, out: Path | None,
     offsets_for: Callable[[ParsedMessage], float] | None = None,
     log: Callable[[str], None] = print,
     iterations: int = ITERATIONS,
 ) -> tuple[SpamModel, CvReport]:
-    started = time.monotonic()
     examples = load_examples(manifest, corpus)
     log(f"loaded {len(examples)} manifest messages from {corpus}")
-    parsed = [parse(e.raw) for e in examples]
-    grouped = [grouped_features(p) for p in parsed]
-    rows = [g[0] for g in grouped]
-    offset = np.array([offsets_for(p) if offsets_for else 0.0 for p in parsed])
-    y = np.array([1.0 if e.spam else 0.0 for e in examples])
-    groups = [e.group for e in examples]
-    x = Matrix.from_rows(rows)
-    tok = Tokens(x, [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))])
-    message_counts = np.array([counts(p, len(r)) for p, r in zip(parsed, rows)])
-
-    fold = np.array([fold_of(e.sha256, FOLDS) for e in examples])
-    token_oof = _out_of_fold(tok, y, offset, fold, iterations)
-    log(f"  {FOLDS}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
-    oof, nested = _nested(tok, y, offset, message_counts, fold, token_oof, iterations, log)
+    data = prepare(examples, offsets_for)
+    x, y, offset, message_counts = data.tok.x, data.y, data.offset, data.message_counts
+    token_oof, oof, points = cross_validate(data, folds(data), iterations, log)
     cut = choose_threshold(oof, y, TARGET_FPR)
     caught, flagged = _rates(oof, y, cut)
     caught_half, flagged_half = _rates(oof, y, 0.0)
-    by_group = {g: float((oof[[i for i, gg in enumerate(groups) if gg == g]] >= cut).mean())
-                for g in sorted(set(groups))}
-    points = [OperatingPoint(fpr, *_rates(oof, y, choose_threshold(oof, y, fpr)), *nested[fpr])
-              for fpr in REPORTED_FPRS]
+    groups = np.array([e.group for e in examples])
+    by_group = {g: float((oof[groups == g] >= cut).mean()) for g in sorted(set(groups))}
     report = CvReport(FOLDS, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 

@@ -9,7 +9,7 @@ import pytest
 
 from streams.mime_parser import parse
 from streams.spam_model import (DIM, FEATURE_VERSION, NB_GROUPS, Matrix, SpamModel, Stumps, _index, features,
-                                fit_nb, fit_stumps, grouped_features, tokens)
+                                fit_nb, fit_stumps, fold_of, grouped_features, tokens)
 from streams.training import REPORTED_FPRS, choose_threshold, run_training
 from tests.streams.scoring_fixtures import plain_message
 
@@ -199,3 +199,13 @@ def test_threshold_keeps_false_positives_within_target():
     y = np.concatenate([np.zeros(2000), np.ones(1000)])
     cut = choose_threshold(scores, y, 0.001)
     assert (scores[y == 0] >= cut).sum() <= 2
+
+
+def test_fold_partitions_differ_by_salt_and_keep_the_default():
+    shas = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(500)]
+    shipped = [fold_of(s, 5) for s in shas]
+    other = [fold_of(s, 5, "p1") for s in shas]
+    # The default salt is the one the shipped model's figures were measured with.
+    assert shipped == [int(hashlib.sha256(b"fold:" + s.encode()).hexdigest()[:8], 16) % 5 for s in shas]
+    assert set(other) == set(range(5))
+    assert sum(a != b for a, b in zip(shipped, other)) > 300
