@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from postwarden.records import Envelope
-from streams import training
+from streams import spam_model, training
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--corpus", type=Path, default=None,
                        help="corpus data folder (default: .cache/corpus/... from scripts/get-corpus.sh)")
     train.add_argument("--out", type=Path, default=None,
-                       help="artifact to write (default: the packaged streams/models/spam-model-v4.npz)")
+                       help=f"artifact to write (default: the packaged streams/{spam_model.ARTIFACT})")
     train.set_defaults(func=run_train)
 
     score = subparsers.add_parser(

@@ -303,7 +303,7 @@ def run_training(
     stumps = _second_stage(token_oof, message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     meta = {
-        "name": "spam-model-v4",
+        "name": f"spam-model-v{FEATURE_VERSION}",
         "feature_version": FEATURE_VERSION,
         "dim": DIM,
         "trained_on": {"manifest_sha256": manifest_digest, "messages": len(examples),

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from streams.mime_parser import parse
-from streams.spam_model import (DIM, FEATURE_VERSION, NB_GROUPS, Matrix, SpamModel, Stumps, _index, features,
-                                fit_nb, fit_stumps, fold_of, grouped_features, tokens)
+from streams.spam_model import (DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps, _index,
+                                features, fit_nb, fit_stumps, fold_of, grouped_features, grouped_tokens, tokens)
 from streams.training import REPORTED_FPRS, choose_threshold, run_training
 from tests.streams.scoring_fixtures import plain_message
 
@@ -53,6 +53,16 @@ def test_relay_collector_list_and_date_headers_are_not_features():
         Precedence="bulk", Sender="team-bounces@example.org", Errors_To="team-owner@example.org",
     ).replace(b"Tue, 03 Sep 2024 10:00:00", b"Sat, 01 Jan 2000 00:00:00")
     assert features(parse(added)) == features(parse(plain))
+
+
+def test_the_closing_words_are_tokens_of_their_own():
+    words = [f"w{i:03d}" for i in range(100)]
+    body, *_ = grouped_tokens(parse(plain_message(body=" ".join(words))))
+    assert set(words) <= body
+    closing = {t for t in body if t.startswith("bl:")}
+    assert closing == {f"bl:{w}" for w in words[-FOOTER_WORDS:]}
+    short, *_ = grouped_tokens(parse(plain_message(body="to leave reply remove")))
+    assert {"bl:to", "bl:leave", "bl:reply", "bl:remove"} <= short
 
 
 def test_sender_tokens_compare_from_message_id_and_links():
