@@ -61,7 +61,7 @@ def main() -> int:
     for i, budget in enumerate(training.REPORTED_FPRS):
         cols = []
         for attr in ("pooled_caught", "pooled_flagged", "nested_caught", "nested_flagged"):
-            v = np.array([getattr(points[i], attr) for _, points, _ in results])
+            v = np.array([getattr(pts[i], attr) for _, pts, _ in results])
             cols.append(f"{attr.replace('_', ' ')} {v.mean():.2%} [{v.min():.2%} - {v.max():.2%}]")
         print(f"  ham budget {budget:.1%}: " + "; ".join(cols))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
