@@ -540,6 +540,10 @@ def fit_stumps(inputs: np.ndarray, y: np.ndarray, init: np.ndarray, rounds: int,
                   np.array([c[2] for c in chosen]), np.array([c[3] for c in chosen]))
 
 
-def fold_of(sha256: str, folds: int, salt: str = "fold") -> int:
+# The fold partition `postwarden train` reports and the shipped model's figures come from.
+SHIPPED_FOLDS = "fold"
+
+
+def fold_of(sha256: str, folds: int, salt: str = SHIPPED_FOLDS) -> int:
     """A message's fold; another salt gives another partition of the same messages."""
     return int(hashlib.sha256(salt.encode() + b":" + sha256.encode()).hexdigest()[:8], 16) % folds

@@ -259,8 +259,8 @@ def prepare(examples: list[Example],
         np.array([counts(p, len(r)) for p, r in zip(parsed, rows)]))
 
 
-def folds(data: TrainingSet, salt: str = "fold") -> np.ndarray:
-    """Each message's fold; the shipped model's figures use the default salt."""
+def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS) -> np.ndarray:
+    """Each message's fold in the partition named by ``salt``."""
     return np.array([fold_of(e.sha256, FOLDS, salt) for e in data.examples])
 
 
