@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from streams.mime_parser import parse
-from streams.spam_model import (DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps, _index,
-                                features, fit_nb, fit_stumps, fold_of, grouped_features, grouped_tokens, tokens)
+from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps, _index,
+                                counts, features, fit_nb, fit_stumps, fold_of, grouped_features, grouped_tokens, tokens)
 from streams.training import REPORTED_FPRS, choose_threshold, run_training
 from tests.streams.scoring_fixtures import plain_message
 
@@ -90,6 +90,17 @@ def test_html_structure_becomes_its_own_token_group():
     _, groups = grouped_features(parse(msg.as_bytes()))
     assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
     assert _index("hv:size=+2") not in groups[NB_GROUPS.index("structure")]
+
+
+def test_second_stage_sees_links_per_hundred_words():
+    pitch = parse(plain_message(body="Cheap pills at http://a.example.biz and http://b.example.biz now"))
+    letter = parse(plain_message(body=" ".join(["word"] * 98) + " http://a.example.org/x"))
+    # The links' own letters ("http", "example", "biz") are words too: 11 and 101 words.
+    for msg, share in ((pitch, 100 * 2 / 11), (letter, 100 * 1 / 101)):
+        values = counts(msg, 10)
+        assert len(values) == len(COUNTS)
+        assert values[COUNTS.index("urls_per_100_words")] == pytest.approx(share)
+    assert counts(parse(plain_message(body="")), 0)[COUNTS.index("urls_per_100_words")] == 0.0
 
 
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
