@@ -300,9 +300,9 @@ def counts(msg: ParsedMessage, n_features: int) -> list[float]:
     html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
     # Stumps add one input's steps to another's and cannot divide: a pitch is a few
     # words around its links, a newsletter many words per link, so the share is an input.
-    links_per_words = 100.0 * len(msg.urls) / max(len(words), 1)
+    urls_per_100_words = 100.0 * len(msg.urls) / max(len(words), 1)
     return [float(len(msg.urls)), float(len(hosts)), float(len(words)), capitals, html_share,
-            float(n_features), float(len(msg.parts)), float(len(msg.get("subject"))), links_per_words]
+            float(n_features), float(len(msg.parts)), float(len(msg.get("subject"))), urls_per_100_words]
 
 
 @dataclass(frozen=True)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from streams.mime_parser import parse
-from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps, _index,
-                                counts, features, fit_nb, fit_stumps, fold_of, grouped_features, grouped_tokens, tokens)
+from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
+                                _index, counts, features, fit_nb, fit_stumps, fold_of, grouped_features,
+                                grouped_tokens, tokens)
 from streams.training import REPORTED_FPRS, choose_threshold, run_training
 from tests.streams.scoring_fixtures import plain_message
 
