@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="corpus data folder (default: .cache/corpus/... from scripts/get-corpus.sh)")
     train.add_argument("--out", type=Path, default=None,
                        help=f"artifact to write (default: the packaged streams/{spam_model.ARTIFACT})")
+    train.add_argument("--processes", type=int, default=os.cpu_count() or 1,
+                       help="worker processes fitting the cross-validation folds (default: one per CPU); "
+                            "the artifact is the same for any number")
     train.set_defaults(func=run_train)
 
     score = subparsers.add_parser(
@@ -41,11 +45,14 @@ def run_train(args: argparse.Namespace) -> int:
     manifest = args.manifest or training.default_manifest()
     corpus = args.corpus or training.default_corpus()
     out = args.out or training.shipped_artifact_path()
+    if args.processes < 1:
+        print(f"postwarden train: --processes must be at least 1, not {args.processes}", file=sys.stderr)
+        return 2
     for what, path in (("manifest", manifest), ("corpus", corpus)):
         if not path.exists():
             print(f"postwarden train: {what} not found at {path}", file=sys.stderr)
             return 2
-    _, report = training.run_training(manifest, corpus, out, rule_offset)
+    _, report = training.run_training(manifest, corpus, out, rule_offset, processes=args.processes)
     print("\n".join(report.lines()))
     return 0
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import math
+import multiprocessing
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -42,6 +43,9 @@ STUMP_ROUNDS = 200
 # Naive Bayes smoothing: near zero, so a token seen in one class only counts for
 # a lot; with 0.5 or 1 the Bayes ranks the most spam-like ham far worse.
 NB_ALPHA = 0.001
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def default_manifest() -> Path:
@@ -178,21 +182,42 @@ class TokenScores:
         return TokenScores(self.lr[rows], self.nb[rows])
 
 
+def _fold_scores(task: tuple[Tokens, np.ndarray, np.ndarray, np.ndarray, int, int],
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Fold k's messages' token scores (regression logits, Bayes group averages) by
+    token models fitted on the other folds."""
+    tok, y, offset, fold, k, iterations = task
+    train_idx = np.flatnonzero(fold != k)
+    test_idx = np.flatnonzero(fold == k)
+    train, test = tok.x.take(train_idx), tok.take(test_idx)
+    w, b = fit(train, y[train_idx], offset[train_idx], L2, iterations)
+    # A column's Bayes weight does not depend on the other columns: fitted once
+    # on all of a message's features, averaged per group.
+    nb_w = fit_nb(train, y[train_idx], NB_ALPHA)
+    return test.x.dot(w) + b + offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups])
+
+
+def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
+    """``fn`` over ``tasks``, results in task order, in up to ``processes`` worker
+    processes. A task's result does not depend on where it ran, so neither does
+    the artifact."""
+    if processes <= 1 or len(tasks) <= 1:
+        yield from map(fn, tasks)
+        return
+    with multiprocessing.Pool(min(processes, len(tasks))) as pool:
+        yield from pool.imap(fn, tasks)
+
+
 def _out_of_fold(tok: Tokens, y: np.ndarray, offset: np.ndarray, fold: np.ndarray,
-                 iterations: int) -> TokenScores:
+                 iterations: int, processes: int = 1) -> TokenScores:
     """Scores of each message by token models fitted on the folds it is not in."""
     lr = np.zeros(len(y))
     nb = np.zeros((len(y), len(tok.groups)))
-    for k in np.unique(fold):
-        train_idx = np.flatnonzero(fold != k)
-        test_idx = np.flatnonzero(fold == k)
-        train, test = tok.x.take(train_idx), tok.take(test_idx)
-        w, b = fit(train, y[train_idx], offset[train_idx], L2, iterations)
-        lr[test_idx] = test.x.dot(w) + b + offset[test_idx]
-        # A column's Bayes weight does not depend on the other columns: fitted once
-        # on all of a message's features, averaged per group.
-        nb_w = fit_nb(train, y[train_idx], NB_ALPHA)
-        nb[test_idx] = np.column_stack([g.row_means(nb_w) for g in test.groups])
+    ks = np.unique(fold).tolist()
+    tasks = [(tok, y, offset, fold, k, iterations) for k in ks]
+    for k, (fold_lr, fold_nb) in zip(ks, _in_order(_fold_scores, tasks, processes)):
+        lr[fold == k] = fold_lr
+        nb[fold == k] = fold_nb
     return TokenScores(lr, nb)
 
 
@@ -204,29 +229,34 @@ def _second_stage(scores: TokenScores, message_counts: np.ndarray, y: np.ndarray
     return fit_stumps(_stage_inputs(scores, message_counts), y, scores.lr, STUMP_ROUNDS)
 
 
+def _nested_fold(task: tuple[Tokens, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int],
+                 ) -> tuple[Stumps, dict[float, float]]:
+    """Outer fold k's second stage, fitted on inner out-of-fold token scores of the
+    other folds as the shipped one is on the pooled ones, and its cut per ham
+    budget, chosen on those folds."""
+    tok, y, offset, message_counts, fold, k, iterations = task
+    inside = np.flatnonzero(fold != k)
+    inner = _out_of_fold(tok.take(inside), y[inside], offset[inside], fold[inside], iterations)
+    stumps = _second_stage(inner, message_counts[inside], y[inside])
+    inner_final = inner.lr + stumps.predict(_stage_inputs(inner, message_counts[inside]))
+    return stumps, {fpr: choose_threshold(inner_final, y[inside], fpr) for fpr in REPORTED_FPRS}
+
+
 def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.ndarray, fold: np.ndarray,
-            oof: TokenScores, iterations: int, log: Callable[[str], None],
+            oof: TokenScores, iterations: int, log: Callable[[str], None], processes: int = 1,
             ) -> tuple[np.ndarray, dict[float, tuple[float, float]]]:
     """Out-of-fold scores of the whole pipeline, and per ham budget the rates on each
-    outer fold at a cut chosen without looking at it.
-
-    Each outer fold's second stage is fitted on inner out-of-fold token scores of
-    the other folds, as the shipped one is on the pooled out-of-fold scores.
-    """
+    outer fold at a cut chosen without looking at it."""
     final = np.zeros(len(y))
     caught = dict.fromkeys(REPORTED_FPRS, 0.0)
     flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
-    for k in range(FOLDS):
-        inside = np.flatnonzero(fold != k)
+    tasks = [(tok, y, offset, message_counts, fold, k, iterations) for k in range(FOLDS)]
+    for k, (stumps, cuts) in enumerate(_in_order(_nested_fold, tasks, processes)):
         outside = np.flatnonzero(fold == k)
-        inner = _out_of_fold(tok.take(inside), y[inside], offset[inside], fold[inside], iterations)
-        stumps = _second_stage(inner, message_counts[inside], y[inside])
-        inner_final = inner.lr + stumps.predict(_stage_inputs(inner, message_counts[inside]))
         mine = oof.take(outside)
         final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, message_counts[outside]))
         for fpr in REPORTED_FPRS:
-            cut = choose_threshold(inner_final, y[inside], fpr)
-            hit = final[outside] >= cut
+            hit = final[outside] >= cuts[fpr]
             caught[fpr] += float(hit[y[outside] == 1].sum())
             flagged[fpr] += float(hit[y[outside] == 0].sum())
         log(f"  nested fold {k + 1}/{FOLDS} done")
@@ -265,14 +295,15 @@ def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS) -> np.ndarray
 
 
 def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERATIONS,
-                   log: Callable[[str], None] = print,
+                   log: Callable[[str], None] = print, processes: int = 1,
                    ) -> tuple[TokenScores, np.ndarray, list[OperatingPoint]]:
-    """Token models' out-of-fold scores, the whole pipeline's, and its rates per ham budget."""
+    """Token models' out-of-fold scores, the whole pipeline's, and its rates per ham
+    budget; the folds' models are fitted in up to ``processes`` worker processes."""
     started = time.monotonic()
-    token_oof = _out_of_fold(data.tok, data.y, data.offset, fold, iterations)
+    token_oof = _out_of_fold(data.tok, data.y, data.offset, fold, iterations, processes)
     log(f"  {FOLDS}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
     oof, nested = _nested(data.tok, data.y, data.offset, data.message_counts, fold, token_oof,
-                          iterations, log)
+                          iterations, log, processes)
     points = [OperatingPoint(fpr, *_rates(oof, data.y, choose_threshold(oof, data.y, fpr)), *nested[fpr])
               for fpr in REPORTED_FPRS]
     return token_oof, oof, points
@@ -283,12 +314,13 @@ def run_training(
     offsets_for: Callable[[ParsedMessage], float] | None = None,
     log: Callable[[str], None] = print,
     iterations: int = ITERATIONS,
+    processes: int = 1,
 ) -> tuple[SpamModel, CvReport]:
     examples = load_examples(manifest, corpus)
     log(f"loaded {len(examples)} manifest messages from {corpus}")
     data = prepare(examples, offsets_for)
     x, y, offset, message_counts = data.tok.x, data.y, data.offset, data.message_counts
-    token_oof, oof, points = cross_validate(data, folds(data), iterations, log)
+    token_oof, oof, points = cross_validate(data, folds(data), iterations, log, processes)
     cut = choose_threshold(oof, y, TARGET_FPR)
     caught, flagged = _rates(oof, y, cut)
     caught_half, flagged_half = _rates(oof, y, 0.0)

@@ -91,3 +91,18 @@ def test_cli_score_prints_one_json_line_per_message(tmp_path, capsys, monkeypatc
     assert [line["is_spam"] for line in lines] == [False, True, False]
     assert set(lines[0]) == {"file", "spam_score", "is_spam", "virus", "categories", "rules"}
     assert lines[2]["virus"].startswith("Policy.")
+
+
+@pytest.mark.parametrize("extra, error", [
+    (["--processes", "0"], "--processes must be at least 1, not 0"),
+    ([], "manifest not found at"),
+])
+def test_cli_train_refuses_bad_arguments_before_reading_the_corpus(tmp_path, capsys, extra, error):
+    parser = argparse.ArgumentParser()
+    scoring_cli.register(parser.add_subparsers(dest="command"))
+    out = tmp_path / "model.npz"
+    args = parser.parse_args(["train", "--manifest", str(tmp_path / "missing.tsv"),
+                              "--corpus", str(tmp_path), "--out", str(out), *extra])
+    assert args.func(args) == 2
+    assert error in capsys.readouterr().err
+    assert not out.exists()
