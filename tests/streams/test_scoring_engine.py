@@ -95,6 +95,7 @@ def test_cli_score_prints_one_json_line_per_message(tmp_path, capsys, monkeypatc
 
 @pytest.mark.parametrize("extra, error", [
     (["--processes", "0"], "--processes must be at least 1, not 0"),
+    (["--folds", "1"], "--folds must be at least 2, not 1"),
     ([], "manifest not found at"),
 ])
 def test_cli_train_refuses_bad_arguments_before_reading_the_corpus(tmp_path, capsys, extra, error):

@@ -209,6 +209,15 @@ def test_training_is_reproducible_and_learns(tmp_path):
     assert loaded.meta["trained_on"]["messages"] == 40
 
 
+def test_training_uses_the_folds_it_is_asked_for(tmp_path):
+    manifest, data = _corpus(tmp_path)
+    lines: list[str] = []
+    model, report = run_training(manifest, data, None, log=lines.append, iterations=20, n_folds=4)
+    assert report.folds == 4 and model.meta["hyperparameters"]["folds"] == 4
+    assert "  4-fold out-of-fold scores done" in [line.split(" (")[0] for line in lines]
+    assert [line for line in lines if "nested fold" in line][-1] == "  nested fold 4/4 done"
+
+
 def test_missing_manifest_messages_are_an_error(tmp_path):
     manifest, data = _corpus(tmp_path)
     manifest.write_text(manifest.read_text() + "0" * 64 + "\tspam\tspam\n")
