@@ -12,9 +12,10 @@ import math
 import multiprocessing
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
@@ -255,7 +256,7 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.n
     flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
     ks = np.unique(fold).tolist()
     tasks = [(tok, y, offset, message_counts, fold, k, iterations) for k in ks]
-    for k, (stumps, cuts) in zip(ks, _in_order(_nested_fold, tasks, processes)):
+    for done, (k, (stumps, cuts)) in enumerate(zip(ks, _in_order(_nested_fold, tasks, processes)), 1):
         outside = np.flatnonzero(fold == k)
         mine = oof.take(outside)
         final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, message_counts[outside]))
@@ -263,7 +264,7 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, message_counts: np.n
             hit = final[outside] >= cuts[fpr]
             caught[fpr] += float(hit[y[outside] == 1].sum())
             flagged[fpr] += float(hit[y[outside] == 0].sum())
-        log(f"  nested fold {k + 1}/{len(ks)} done")
+        log(f"  nested fold {done}/{len(ks)} done")
     spam, ham = float(y.sum()), float(len(y) - y.sum())
     return final, {fpr: (caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS}
 
