@@ -457,14 +457,18 @@ class Matrix:
         return np.bincount(self.indices, weights=per_entry, minlength=width)
 
 
-def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int) -> tuple[np.ndarray, float]:
+def fit(x: Matrix, y: np.ndarray, offset: np.ndarray, l2: float, iterations: int,
+        row_weight: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """L2-regularised logistic regression by full-batch Adam (deterministic).
 
     ``offset`` holds each message's rule contributions so the model learns
-    what the rules do not already say. Classes are weighted equally.
+    what the rules do not already say. Classes are weighted equally; within
+    its class a message counts ``row_weight`` times (as often as if it were
+    in the data that many times).
     """
-    pos = y.sum()
-    sample_w = np.where(y > 0, 0.5 / max(pos, 1), 0.5 / max(len(y) - pos, 1))
+    rw = np.ones(len(y)) if row_weight is None else row_weight.astype(np.float64)
+    spam_total, ham_total = float(rw[y > 0].sum()), float(rw[y <= 0].sum())
+    sample_w = rw * np.where(y > 0, 0.5 / max(spam_total, 1.0), 0.5 / max(ham_total, 1.0))
     # Optimise only the hashed columns that occur: an absent column has zero
     # gradient and moments, so Adam leaves its weight at exactly zero anyway.
     cols, local = np.unique(x.indices, return_inverse=True)

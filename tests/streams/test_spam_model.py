@@ -9,9 +9,9 @@ import pytest
 
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
-                                _index, counts, features, fit_nb, fit_stumps, fold_of, grouped_features,
+                                _index, counts, features, fit, fit_nb, fit_stumps, fold_of, grouped_features,
                                 grouped_tokens, tokens)
-from streams.training import REPORTED_FPRS, choose_threshold, run_training
+from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import plain_message
 
 SPAM_WORDS = "free offer cash prize click claim guaranteed winner credit limited viagra money".split()
@@ -169,6 +169,27 @@ def test_dot_of_empty_rows_is_zero():
     w[1], w[2], w[3] = 1.0, 3.0, -4.0
     # Rows are scaled by 1/sqrt(len): [1, 2] -> (1 + 3) / sqrt(2).
     assert np.allclose(x.dot(w), [4 / np.sqrt(2), 0.0, -4.0, 0.0])
+
+
+def test_a_row_weight_counts_a_message_as_often_as_repeating_it():
+    rng = np.random.default_rng(3)
+    rows = [sorted(rng.choice(50, size=8, replace=False).tolist()) for _ in range(30)]
+    y = np.array([float(i % 3 == 0) for i in range(30)])
+    weight = np.where(np.arange(30) % 5 == 1, 4.0, 1.0)
+    repeated = np.repeat(np.arange(30), weight.astype(int))
+    x = Matrix.from_rows(rows)
+    w_weighted, b_weighted = fit(x, y, np.zeros(30), 1e-3, 50, weight)
+    w_repeated, b_repeated = fit(x.take(repeated), y[repeated], np.zeros(len(repeated)), 1e-3, 50)
+    w_plain, _ = fit(x, y, np.zeros(30), 1e-3, 50)
+    assert np.allclose(w_weighted, w_repeated) and b_weighted == pytest.approx(b_repeated)
+    assert not np.allclose(w_weighted, w_plain)
+
+
+def test_the_regression_counts_hard_ham_more_and_the_artifact_says_so():
+    mail = [Example(f"{i:064x}", spam, group, plain_message(body=f"words {i}"))
+            for i, (spam, group) in enumerate([(True, "spam"), (False, "easy_ham"), (False, "hard_ham")])]
+    assert prepare(mail).weight.tolist() == [1.0, 1.0, HARD_HAM_WEIGHT]
+    assert SpamModel.load().meta["hyperparameters"]["hard_ham_weight"] == {"hard_ham": HARD_HAM_WEIGHT}
 
 
 def _corpus(tmp_path):
