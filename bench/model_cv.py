@@ -48,10 +48,15 @@ def main() -> int:
     parser.add_argument("--processes", type=int, default=2)
     parser.add_argument("--folds", type=int, default=training.FOLDS)
     args = parser.parse_args()
+    errors = training.argument_errors(args.folds, args.processes)
+    if args.partitions < 1:
+        errors.append(f"--partitions must be at least 1, not {args.partitions}")
+    if errors:
+        parser.error("; ".join(errors))
     started = time.monotonic()
     examples = training.load_examples(training.default_manifest(), training.default_corpus())
     _data = training.prepare(examples, rule_offset)
-    print(f"{len(examples)} messages ({int(_data.y.sum())} spam), {args.folds} folds, features in "
+    print(f"{len(examples)} messages ({int(_data.rows.y.sum())} spam), {args.folds} folds, features in "
           f"{time.monotonic() - started:.0f} s")
     salts = [spam_model.SHIPPED_FOLDS] + [f"p{i}" for i in range(1, args.partitions)]
     with get_context("fork").Pool(args.processes) as pool:

@@ -48,11 +48,8 @@ def run_train(args: argparse.Namespace) -> int:
     manifest = args.manifest or training.default_manifest()
     corpus = args.corpus or training.default_corpus()
     out = args.out or training.shipped_artifact_path()
-    if args.folds < 2:
-        print(f"postwarden train: --folds must be at least 2, not {args.folds}", file=sys.stderr)
-        return 2
-    if args.processes < 1:
-        print(f"postwarden train: --processes must be at least 1, not {args.processes}", file=sys.stderr)
+    for error in training.argument_errors(args.folds, args.processes):
+        print(f"postwarden train: {error}", file=sys.stderr)
         return 2
     for what, path in (("manifest", manifest), ("corpus", corpus)):
         if not path.exists():

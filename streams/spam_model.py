@@ -36,7 +36,10 @@ the agent's only mode: a dot product over a few hundred hashed indices costs
 microseconds with numpy indexing, while a library call costs a fixed fraction of a
 millisecond. Training is numpy only and deterministic (full-batch optimiser,
 folds fixed by message hash), so `postwarden train` on the same manifest gives
-the same artifact byte for byte.
+the same artifact byte for byte on the same kind of CPU. numpy picks its
+vectorised exp and log by instruction set, and they differ in the last bit,
+so on another CPU the float64 bias, cut and stump steps may move by about
+1e-16 while the float32 weights and every figure stay the same.
 
 Only fields a sender controls feed the model, each read by name: relay
 headers (Received, Delivered-To, Return-Path, ...), the corpus collectors'

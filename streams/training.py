@@ -196,19 +196,35 @@ class TokenScores:
         return TokenScores(self.lr[rows], self.nb[rows])
 
 
-def _fold_scores(task: tuple[Tokens, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int],
-                 ) -> tuple[np.ndarray, np.ndarray]:
+@dataclass(frozen=True)
+class Rows:
+    """The per-message model inputs that cross-validation splits by fold."""
+
+    tok: Tokens
+    y: np.ndarray
+    offset: np.ndarray  # each message's rule contributions
+    weight: np.ndarray  # how many times the regression counts each message (HARD_HAM_WEIGHT)
+    message_counts: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Rows:
+        return Rows(self.tok.take(idx), self.y[idx], self.offset[idx], self.weight[idx],
+                    self.message_counts[idx])
+
+
+def _fold_scores(task: tuple[Rows, np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Fold k's messages' token scores (regression logits, Bayes group averages) by
     token models fitted on the other folds."""
-    tok, y, offset, weight, fold, k, iterations = task
+    rows, fold, k, iterations = task
     train_idx = np.flatnonzero(fold != k)
     test_idx = np.flatnonzero(fold == k)
-    train, test = tok.x.take(train_idx), tok.take(test_idx)
-    w, b = fit(train, y[train_idx], offset[train_idx], L2, iterations, weight[train_idx])
+    train, test = rows.tok.x.take(train_idx), rows.tok.take(test_idx)
+    y = rows.y[train_idx]
+    w, b = fit(train, y, rows.offset[train_idx], L2, iterations, rows.weight[train_idx])
     # A column's Bayes weight does not depend on the other columns: fitted once
     # on all of a message's features, averaged per group.
-    nb_w = fit_nb(train, y[train_idx], NB_ALPHA)
-    return test.x.dot(w) + b + offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups])
+    nb_w = fit_nb(train, y, NB_ALPHA)
+    return (test.x.dot(w) + b + rows.offset[test_idx],
+            np.column_stack([g.row_means(nb_w) for g in test.groups]))
 
 
 def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
@@ -222,13 +238,12 @@ def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[
         yield from pool.imap(fn, tasks)
 
 
-def _out_of_fold(tok: Tokens, y: np.ndarray, offset: np.ndarray, weight: np.ndarray, fold: np.ndarray,
-                 iterations: int, processes: int = 1) -> TokenScores:
+def _out_of_fold(rows: Rows, fold: np.ndarray, iterations: int, processes: int = 1) -> TokenScores:
     """Scores of each message by token models fitted on the folds it is not in."""
-    lr = np.zeros(len(y))
-    nb = np.zeros((len(y), len(tok.groups)))
+    lr = np.zeros(len(rows.y))
+    nb = np.zeros((len(rows.y), len(rows.tok.groups)))
     ks = np.unique(fold).tolist()
-    tasks = [(tok, y, offset, weight, fold, k, iterations) for k in ks]
+    tasks = [(rows, fold, k, iterations) for k in ks]
     for k, (fold_lr, fold_nb) in zip(ks, _in_order(_fold_scores, tasks, processes)):
         lr[fold == k] = fold_lr
         nb[fold == k] = fold_nb
@@ -243,33 +258,33 @@ def _second_stage(scores: TokenScores, message_counts: np.ndarray, y: np.ndarray
     return fit_stumps(_stage_inputs(scores, message_counts), y, scores.lr, STUMP_ROUNDS)
 
 
-def _nested_fold(task: tuple[Tokens, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, int, int],
-                 ) -> tuple[Stumps, dict[float, float]]:
+def _nested_fold(task: tuple[Rows, np.ndarray, int, int]) -> tuple[Stumps, dict[float, float]]:
     """Outer fold k's second stage, fitted on inner out-of-fold token scores of the
     other folds as the shipped one is on the pooled ones, and its cut per ham
     budget, chosen on those folds."""
-    tok, y, offset, weight, message_counts, fold, k, iterations = task
+    rows, fold, k, iterations = task
     inside = np.flatnonzero(fold != k)
-    inner = _out_of_fold(tok.take(inside), y[inside], offset[inside], weight[inside], fold[inside], iterations)
-    stumps = _second_stage(inner, message_counts[inside], y[inside])
-    inner_final = inner.lr + stumps.predict(_stage_inputs(inner, message_counts[inside]))
-    return stumps, {fpr: choose_threshold(inner_final, y[inside], fpr) for fpr in REPORTED_FPRS}
+    mine = rows.take(inside)
+    inner = _out_of_fold(mine, fold[inside], iterations)
+    stumps = _second_stage(inner, mine.message_counts, mine.y)
+    inner_final = inner.lr + stumps.predict(_stage_inputs(inner, mine.message_counts))
+    return stumps, {fpr: choose_threshold(inner_final, mine.y, fpr) for fpr in REPORTED_FPRS}
 
 
-def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, weight: np.ndarray, message_counts: np.ndarray,
-            fold: np.ndarray, oof: TokenScores, iterations: int, log: Callable[[str], None], processes: int = 1,
-            ) -> tuple[np.ndarray, dict[float, tuple[float, float]]]:
+def _nested(rows: Rows, fold: np.ndarray, oof: TokenScores, iterations: int, log: Callable[[str], None],
+            processes: int = 1) -> tuple[np.ndarray, dict[float, tuple[float, float]]]:
     """Out-of-fold scores of the whole pipeline, and per ham budget the rates on each
     outer fold at a cut chosen without looking at it."""
+    y = rows.y
     final = np.zeros(len(y))
     caught = dict.fromkeys(REPORTED_FPRS, 0.0)
     flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
     ks = np.unique(fold).tolist()
-    tasks = [(tok, y, offset, weight, message_counts, fold, k, iterations) for k in ks]
+    tasks = [(rows, fold, k, iterations) for k in ks]
     for done, (k, (stumps, cuts)) in enumerate(zip(ks, _in_order(_nested_fold, tasks, processes)), 1):
         outside = np.flatnonzero(fold == k)
         mine = oof.take(outside)
-        final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, message_counts[outside]))
+        final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, rows.message_counts[outside]))
         for fpr in REPORTED_FPRS:
             hit = final[outside] >= cuts[fpr]
             caught[fpr] += float(hit[y[outside] == 1].sum())
@@ -281,34 +296,40 @@ def _nested(tok: Tokens, y: np.ndarray, offset: np.ndarray, weight: np.ndarray, 
 
 @dataclass(frozen=True)
 class TrainingSet:
-    """The manifest's messages as model inputs, computed once for every fold partition."""
+    """The manifest's messages and their model inputs, computed once for every fold partition."""
 
     examples: list[Example]
-    tok: Tokens
-    y: np.ndarray
-    offset: np.ndarray  # each message's rule contributions
-    weight: np.ndarray  # how many times the regression counts each message (HARD_HAM_WEIGHT)
-    message_counts: np.ndarray
+    rows: Rows
 
 
 def prepare(examples: list[Example],
             offsets_for: Callable[[ParsedMessage], float] | None = None) -> TrainingSet:
     parsed = [parse(e.raw) for e in examples]
     grouped = [grouped_features(p) for p in parsed]
-    rows = [g[0] for g in grouped]
-    tok = Tokens(Matrix.from_rows(rows),
+    feature_rows = [g[0] for g in grouped]
+    tok = Tokens(Matrix.from_rows(feature_rows),
                  [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))])
-    return TrainingSet(
-        examples, tok,
+    return TrainingSet(examples, Rows(
+        tok,
         np.array([1.0 if e.spam else 0.0 for e in examples]),
         np.array([offsets_for(p) if offsets_for else 0.0 for p in parsed]),
         np.array([HARD_HAM_WEIGHT if e.group in HARD_HAM_GROUPS else 1.0 for e in examples]),
-        np.array([counts(p, len(r)) for p, r in zip(parsed, rows)]))
+        np.array([counts(p, len(r)) for p, r in zip(parsed, feature_rows)])))
 
 
 def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS, n: int = FOLDS) -> np.ndarray:
     """Each message's fold in the partition named by ``salt``."""
     return np.array([fold_of(e.sha256, n, salt) for e in data.examples])
+
+
+def argument_errors(n_folds: int, processes: int) -> list[str]:
+    """Why a cross-validation run cannot take these arguments (none if it can)."""
+    errors = []
+    if n_folds < 2:
+        errors.append(f"--folds must be at least 2, not {n_folds}")
+    if processes < 1:
+        errors.append(f"--processes must be at least 1, not {processes}")
+    return errors
 
 
 def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERATIONS,
@@ -317,11 +338,11 @@ def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERAT
     """Token models' out-of-fold scores, the whole pipeline's, and its rates per ham
     budget; the folds' models are fitted in up to ``processes`` worker processes."""
     started = time.monotonic()
-    token_oof = _out_of_fold(data.tok, data.y, data.offset, data.weight, fold, iterations, processes)
+    token_oof = _out_of_fold(data.rows, fold, iterations, processes)
     log(f"  {len(np.unique(fold))}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
-    oof, nested = _nested(data.tok, data.y, data.offset, data.weight, data.message_counts, fold, token_oof,
-                          iterations, log, processes)
-    points = [OperatingPoint(fpr, *_rates(oof, data.y, choose_threshold(oof, data.y, fpr)), *nested[fpr])
+    oof, nested = _nested(data.rows, fold, token_oof, iterations, log, processes)
+    y = data.rows.y
+    points = [OperatingPoint(fpr, *_rates(oof, y, choose_threshold(oof, y, fpr)), *nested[fpr])
               for fpr in REPORTED_FPRS]
     return token_oof, oof, points
 
@@ -337,7 +358,8 @@ def run_training(
     examples = load_examples(manifest, corpus)
     log(f"loaded {len(examples)} manifest messages from {corpus}")
     data = prepare(examples, offsets_for)
-    x, y, offset, message_counts = data.tok.x, data.y, data.offset, data.message_counts
+    rows = data.rows
+    y = rows.y
     token_oof, oof, points = cross_validate(data, folds(data, n=n_folds), iterations, log, processes)
     cut = choose_threshold(oof, y, TARGET_FPR)
     caught, flagged = _rates(oof, y, cut)
@@ -347,10 +369,10 @@ def run_training(
     report = CvReport(n_folds, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 
-    w, b = fit(x, y, offset, L2, iterations, data.weight)
+    w, b = fit(rows.tok.x, y, rows.offset, L2, iterations, rows.weight)
     w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
-    nb = fit_nb(x, y, NB_ALPHA)
-    stumps = _second_stage(token_oof, message_counts, y)
+    nb = fit_nb(rows.tok.x, y, NB_ALPHA)
+    stumps = _second_stage(token_oof, rows.message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     meta = {
         "name": f"spam-model-v{FEATURE_VERSION}",

@@ -188,7 +188,7 @@ def test_a_row_weight_counts_a_message_as_often_as_repeating_it():
 def test_the_regression_counts_hard_ham_more_and_the_artifact_says_so():
     mail = [Example(f"{i:064x}", spam, group, plain_message(body=f"words {i}"))
             for i, (spam, group) in enumerate([(True, "spam"), (False, "easy_ham"), (False, "hard_ham")])]
-    assert prepare(mail).weight.tolist() == [1.0, 1.0, HARD_HAM_WEIGHT]
+    assert prepare(mail).rows.weight.tolist() == [1.0, 1.0, HARD_HAM_WEIGHT]
     assert SpamModel.load().meta["hyperparameters"]["hard_ham_weight"] == {"hard_ham": HARD_HAM_WEIGHT}
 
 
