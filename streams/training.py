@@ -36,7 +36,10 @@ REPORTED_FPRS = (0.001, 0.002, 0.005, 0.01)
 # than 80% and catch more spam out of fold (the model still gains from more mail),
 # but nested CV then fits 100 regressions instead of 25.
 FOLDS = 5
-L2 = 1e-6
+# With hard ham counted ten times, 1e-5 catches 0.2% more spam at the 0.1% cut
+# than 1e-6 on pooled out-of-fold scores over eight partitions (the four it was
+# not chosen on as well), and nested CV flags fewer ham (bench/model_cv.py).
+L2 = 1e-5
 # The training set is almost separable: more passes keep widening the margin,
 # which measurably lowers the ham that scores highest out of fold.
 ITERATIONS = 1000
