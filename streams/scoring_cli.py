@@ -48,8 +48,9 @@ def run_train(args: argparse.Namespace) -> int:
     manifest = args.manifest or training.default_manifest()
     corpus = args.corpus or training.default_corpus()
     out = args.out or training.shipped_artifact_path()
-    for error in training.argument_errors(args.folds, args.processes):
-        print(f"postwarden train: {error}", file=sys.stderr)
+    errors = training.argument_errors(args.folds, args.processes)
+    if errors:
+        print(f"postwarden train: {'; '.join(errors)}", file=sys.stderr)
         return 2
     for what, path in (("manifest", manifest), ("corpus", corpus)):
         if not path.exists():
