@@ -5,11 +5,12 @@
 Reads the messages listed in train.tsv (the held-out messages are not read),
 scores each one with ScoringEngine.score_sync and prints messages/s, CPU ms
 per message (median, mean, p99, and the median over messages of median size)
-and peak memory. Machines differ by more than twice in speed, so it also times
-the stdlib parser alone on the same median-size messages in the same run and
-prints scoring's cost as a multiple of it: the issue's 1 ms target was set
-where that parse took about 0.1 ms, 10 times less. ClamAV is measured separately with --clamd: a private clamd
-is started and INSTREAM round trips are timed.
+and peak memory. Machines differ by more than twice in speed, so it also
+times the stdlib parser alone on the same median-size messages in the same run
+and prints scoring's cost as a multiple of it: the issue's 1 ms target was set
+where that parse took about 0.1 ms, 10 times less. ClamAV is measured
+separately with --clamd: a private clamd is started and INSTREAM round trips
+are timed.
 """
 
 from __future__ import annotations
