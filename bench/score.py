@@ -23,6 +23,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from email import message_from_bytes, policy
 from pathlib import Path
 
@@ -45,9 +46,7 @@ def bench_engine(raws: list[bytes]) -> None:
     cpu: list[float] = []
     wall_start = time.perf_counter()
     for raw in raws:
-        t = time.process_time_ns()
-        engine.score_sync(raw)
-        cpu.append((time.process_time_ns() - t) / 1e6)
+        cpu.append(cpu_ms(engine.score_sync, raw))
     wall = time.perf_counter() - wall_start
     sizes = sorted(len(r) for r in raws)
     lo, hi = sizes[int(0.4 * len(sizes))], sizes[int(0.6 * len(sizes))]
@@ -75,11 +74,15 @@ def reference_ms(engine: ScoringEngine, raws: list[bytes]) -> tuple[float, float
             lambda raw: message_from_bytes(raw, policy=policy.default))
     for raw in raws:
         for fn, out in zip(runs, timed):
-            t = time.process_time_ns()
-            fn(raw)
-            out.append((time.process_time_ns() - t) / 1e6)
+            out.append(cpu_ms(fn, raw))
     score_ms, compat_ms, default_ms = (statistics.median(out) for out in timed)
     return score_ms, compat_ms, default_ms
+
+
+def cpu_ms(fn: Callable[[bytes], object], raw: bytes) -> float:
+    t = time.process_time_ns()
+    fn(raw)
+    return (time.process_time_ns() - t) / 1e6
 
 
 def bench_clamd(raws: list[bytes]) -> None:
