@@ -3,7 +3,9 @@
 The delivery sink writes an outcome with acks=all right after the downstream
 server's 250 (or the bounce) and before committing the source offset, and
 checks it before every attempt. A worker that restarts, or is killed between
-sending and committing, re-reads the same records and finds them done.
+that write and the commit, re-reads the same records and finds them done. A
+kill between the 250 and the log's ack delivers once more: SMTP cannot make
+that window zero (RFC 1047), only short.
 
 Placement makes this work across many delivery pods: mail.deliver is keyed by
 tenant, the retry tiers and the delivered-log are written to the same partition

@@ -41,6 +41,9 @@ def test_no_duplicate_after_sigkill_between_send_and_commit(broker, tmp_path, sp
     msgs = [message(f"u{i}@acme.test") for i in range(20)]
     produce(broker.bootstrap, msgs)
     assert len(server.recorder.wait_for(20, 60)) == 20
+    # The kill must land after each outcome is on the delivered-log: a kill between the
+    # downstream 250 and that write re-delivers, a window SMTP cannot close (RFC 1047).
+    assert wait(lambda: len(logged(sink, "delivered")) == 20, 30), sink.log()[-2000:]
     sink.proc.send_signal(signal.SIGKILL)
     sink.proc.wait(10)
 
