@@ -10,12 +10,14 @@ hostile input is turned into a defect string or, as a last resort, into
 from __future__ import annotations
 
 import codecs
+import functools
 import html
 import re
 from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
+from email.utils import getaddresses
 from email.policy import compat32
 
 # Bounds that keep one hostile message from costing more than a few
@@ -142,6 +144,14 @@ def decode_header_value(value: str) -> str:
         return _clean_surrogates(value)
 
 
+# The rules and the model both read From: one parse serves both.
+@functools.lru_cache(maxsize=32)
+def first_address(value: str) -> tuple[str, str]:
+    """(display name, address) of the first address in a header value, as getaddresses reads it."""
+    pairs = getaddresses([value])
+    return pairs[0] if pairs else ("", "")
+
+
 def _clean_surrogates(value: str) -> str:
     # compat32 smuggles undecodable header bytes through as lone surrogates.
     try:
@@ -159,6 +169,29 @@ _ANCHOR_RE = re.compile(r"<a\b([^>]{0,2000})>(.{0,2000}?)</a\s*>", re.I | re.S)
 _HREF_RE = re.compile(r"""href\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
 _SPACES_RE = re.compile(r"[ \t\r\f\v]+")
 _URL_RE = re.compile(r"""(?:https?://|www\.)[^\s<>"'()\[\]{}]{1,500}""", re.I)
+
+
+def find_urls(text: str) -> list[str]:
+    """What ``_URL_RE.findall(text)`` returns, about three times sooner on real mail."""
+    if not text.isascii():
+        # Under re.I some non-ASCII letters match ASCII ones (the long s matches s).
+        return _URL_RE.findall(text)
+    # In ASCII text every match starts at an "http" or "www." of the lowered text:
+    # str.find reaches them in C, and the pattern is only tried there.
+    low = text.lower()
+    out: list[str] = []
+    h, w = low.find("http"), low.find("www.")
+    while h >= 0 or w >= 0:
+        at = w if h < 0 or 0 <= w < h else h
+        m = _URL_RE.match(text, at)
+        end = m.end() if m else at + 1
+        if m:
+            out.append(m.group())
+        if 0 <= h < end:
+            h = low.find("http", end)
+        if 0 <= w < end:
+            w = low.find("www.", end)
+    return out
 
 
 def html_to_text(markup: str) -> str:
@@ -181,7 +214,44 @@ def extract_links(markup: str) -> list[Link]:
     return links
 
 
-def _part_filename(part: Message) -> str:
+# "type/subtype; charset=name", the form nearly every text part has, read without
+# the stdlib's general parameter parser (which costs more than the rest of a part).
+_PLAIN_CHARSET_RE = re.compile(
+    r'\s*[\w.+-]+/[\w.+-]+\s*;\s*charset\s*=\s*(?:"([\w.:+-]+)"|([\w.:+-]+))\s*', re.I | re.A)
+
+
+def content_charset(part: Message, content_type: str) -> str:
+    """``part.get_content_charset() or ""``, sooner for the common form of its header."""
+    m = _PLAIN_CHARSET_RE.fullmatch(content_type)
+    if m:
+        return (m.group(1) or m.group(2)).lower()
+    return part.get_content_charset() or ""
+
+
+def part_headers(part: Message) -> dict[str, str]:
+    """The first field of each name (lower case) as text.
+
+    compat32 hands raw 8-bit bytes in a field out as a Header object, which has
+    no string methods and reads each such byte as U+FFFD: "résumé.exe" sent as
+    UTF-8 would come back as "r��sum��.exe".
+    """
+    out: dict[str, str] = {}
+    for name, value in part._headers[:MAX_HEADERS]:
+        out.setdefault(name.lower(), value if value.isascii() else _clean_surrogates(value))
+    return out
+
+
+def _part_filename(part: Message, headers: dict[str, str]) -> str:
+    disposition, ctype = headers.get("content-disposition", ""), headers.get("content-type", "")
+    # Most parts name no file, and the stdlib's parameter parsing is the costly part.
+    if "name" not in disposition.lower() and "name" not in ctype.lower():
+        return ""
+    if not (disposition.isascii() and ctype.isascii()):
+        # Parameters read from the fields' text: see part_headers.
+        part = Message()
+        for name, value in (("Content-Disposition", disposition), ("Content-Type", ctype)):
+            if value:
+                part[name] = value
     try:
         name = part.get_filename() or part.get_param("name", header="content-type") or ""
     except Exception:  # malformed RFC 2231 parameters
@@ -256,13 +326,14 @@ def _parse_into(raw: bytes, out: ParsedMessage) -> None:
         except Exception:
             out.defects.append("UndecodablePayload")
             payload = b""
-        charset = part.get_content_charset() or ""
+        headers = part_headers(part)
+        charset = content_charset(part, headers.get("content-type", ""))
         leaf = Part(
             content_type=ctype,
-            filename=_part_filename(part),
-            disposition=(part.get("content-disposition") or "").split(";", 1)[0].strip().lower(),
+            filename=_part_filename(part, headers),
+            disposition=headers.get("content-disposition", "").split(";", 1)[0].strip().lower(),
             charset=charset,
-            transfer_encoding=str(part.get("content-transfer-encoding") or "").strip().lower(),
+            transfer_encoding=headers.get("content-transfer-encoding", "").strip().lower(),
             payload=payload,
             depth=depth,
         )
@@ -286,7 +357,7 @@ def _parse_into(raw: bytes, out: ParsedMessage) -> None:
         out.alternative_pairs.append((out.text, out.html_text))
     seen: set[str] = set()
     for source in (out.text, out.html):
-        for url in _URL_RE.findall(source):
+        for url in find_urls(source):
             if url not in seen:
                 seen.add(url)
                 out.urls.append(url)

@@ -10,17 +10,18 @@ I/O: DNS-based authentication results are computed before and handed in.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import re
 from dataclasses import dataclass, field
-from email.utils import getaddresses, parsedate_tz, mktime_tz
+from email.utils import mktime_tz, parsedate_tz
 from typing import ClassVar
 
 from streams.attachment_policy import AttachmentReport
 from streams.mail_auth import AuthResults
 from streams.mail_auth import organizational_domain as _org
-from streams.mime_parser import ParsedMessage
+from streams.mime_parser import ParsedMessage, first_address
 from streams.spam_model import url_host
 
 log = logging.getLogger(__name__)
@@ -122,10 +123,7 @@ class FromDisplayNameSpoof(Rule):
     category = "phishing"
 
     def check(self, ctx: RuleContext) -> bool:
-        pairs = getaddresses([ctx.msg.get("from")])
-        if not pairs:
-            return False
-        display, address = pairs[0]
+        display, address = first_address(ctx.msg.get("from"))
         shown = _EMBEDDED_ADDR_RE.search(display)
         if not shown or "@" not in address:
             return False
@@ -156,6 +154,8 @@ class HugeHeaders(Rule):
 
 # --- dates ----------------------------------------------------------------
 
+# Three date rules read the same Date and Received stamps of a message.
+@functools.lru_cache(maxsize=32)
 def _parse_date(value: str) -> float | None:
     try:
         parsed = parsedate_tz(value)

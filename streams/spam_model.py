@@ -60,13 +60,12 @@ import re
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
-from email.utils import getaddresses
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from streams.mime_parser import ParsedMessage
+from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
 FEATURE_VERSION = 6
@@ -98,10 +97,9 @@ _PRESENCE_HEADERS = (
 _LETTER_WORD_RE = re.compile(r"[A-Za-z]{2,}")
 _MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
-_SHAPE_SUBS = (
-    (re.compile(r"[0-9]"), "9"), (re.compile(r"[a-z]"), "a"), (re.compile(r"[A-Z]"), "A"),
-    (re.compile(r"(.)\1+"), r"\1+"),
-)
+_SHAPE_CLASSES = str.maketrans("0123456789" + "bcdefghijklmnopqrstuvwxyz" + "BCDEFGHIJKLMNOPQRSTUVWXYZ",
+                                "9" * 10 + "a" * 25 + "A" * 25)
+_RUN_RE = re.compile(r"(.)\1+")
 
 # Token groups the Bayes evidence is averaged over, in the order grouped_tokens
 # returns them: the structure group holds MIME structure, headers present and links.
@@ -141,9 +139,7 @@ def url_host(url: str) -> str:
 
 def _shape(text: str) -> str:
     """Character classes with runs collapsed: "a1b2c3@x" -> "a9a9a9@a"."""
-    for pattern, repl in _SHAPE_SUBS:
-        text = pattern.sub(repl, text)
-    return text
+    return _RUN_RE.sub(r"\1+", text.translate(_SHAPE_CLASSES))
 
 
 def _org_domain(domain: str) -> str:
@@ -202,16 +198,15 @@ def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> Non
     for dom in _ADDR_DOMAIN_RE.findall(sender)[:1]:
         out.add("fd:" + dom)
         out.add("ft:" + dom.rpartition(".")[2])
-    pairs = getaddresses([raw_from])
-    display, address = pairs[0] if pairs else ("", "")
+    display, address = first_address(raw_from)
     local, _, domain = address.lower().rpartition("@")
     from_org = _org_domain(domain) if domain else ""
     out.add("frl:" + _shape(local[:16]))
     out.add("frdisp:" + ("none" if not display.strip() else "addr" if "@" in display else "name"))
     out.add("frd:" + from_org)
-    reply_to = getaddresses([msg.get("reply-to")])
-    if reply_to and reply_to[0][1]:
-        same = _org_domain(reply_to[0][1].rpartition("@")[2]) == from_org
+    reply_to = first_address(msg.get("reply-to"))[1]
+    if reply_to:
+        same = _org_domain(reply_to.rpartition("@")[2]) == from_org
         out.add("rt:same" if same else "rt:diff")
     m = _MSGID_PARTS_RE.match(msg.get("message-id"))
     if m:
@@ -298,7 +293,7 @@ COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "feature
 
 def counts(msg: ParsedMessage, n_features: int) -> list[float]:
     words = _LETTER_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS])
-    capitals = sum(w.isupper() for w in words) / len(words) if words else 0.0
+    capitals = sum(map(str.isupper, words)) / len(words) if words else 0.0
     hosts = {url_host(u) for u in msg.urls}
     html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
     # Stumps add one input's steps to another's and cannot divide: a pitch is a few

@@ -2,8 +2,14 @@ from __future__ import annotations
 
 import base64
 import quopri
+from email.message import Message
 
-from streams.mime_parser import MAX_DEPTH, decode_text, html_to_text, parse
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+
+from streams.mime_parser import (
+    _URL_RE, MAX_DEPTH, content_charset, decode_text, find_urls, html_to_text, parse,
+)
 from tests.streams.scoring_fixtures import plain_message, with_attachment
 
 
@@ -131,3 +137,47 @@ def test_garbage_is_unparseable_not_an_exception():
 
 def test_html_to_text_unescapes_entities():
     assert html_to_text("<b>a&amp;b</b><br>c").split() == ["a&b", "c"]
+
+
+# Pieces that start, end, or almost make a URL, in both cases and around non-ASCII letters.
+_URL_PIECES = ["http://", "HTTPS://", "hTtP", "www.", "WWW", "ww", "w.", "h", "x.test", "/p?q=1",
+               " ", "\n", "<", ">", "\"", "(", "é", "ſ", "İ", "K", "a" * 30]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_URL_PIECES), max_size=40).map("".join) | st.text(max_size=300))
+@example("http://" + "a" * 500 + "http://b.test")  # a match cut at its 500 characters, another right behind
+@example("www.<www.x")
+def test_find_urls_finds_what_the_case_insensitive_pattern_finds(text):
+    assert find_urls(text) == _URL_RE.findall(text)
+
+
+_CT_PIECES = ["text/plain", "TEXT/HTML", ";", " ", "\n\t", "charset", "Charset*", "=", " = ", '"',
+              "us-ascii", "UTF-8", "iso-8859-1", "name=x", "'", "\\", "é", "windows-1252", "x+y:z"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_CT_PIECES), max_size=12).map("".join))
+@example('text/plain; charset="UTF-8"')
+@example("text/plain;\n\tcharset = us-ascii")
+@example('text/plain; charset="us-ascii"; format=flowed')
+@example('text/plain; charset=utf-8"')
+def test_content_charset_reads_what_the_stdlib_reads(header):
+    part = Message()
+    part["Content-Type"] = header
+    assert content_charset(part, header) == (part.get_content_charset() or "")
+
+
+def test_raw_utf8_in_an_attachments_fields_is_read_as_text():
+    # Some clients send 8-bit filenames without RFC 2047 or 2231; compat32 hands such
+    # fields out as Header objects, which once made the whole message unparseable.
+    raw = ("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=Z\r\n\r\n"
+           "--Z\r\nContent-Type: text/plain\r\n\r\nhello\r\n"
+           "--Z\r\nContent-Type: application/octet-stream; name=\"résumé.exe\"\r\n"
+           "Content-Disposition: attachment; filename=\"résumé.exe\"\r\n"
+           "Content-Transfer-Encoding: base64\r\n\r\nTVqQAA==\r\n--Z--\r\n").encode()
+    msg = parse(raw)
+    assert not msg.unparseable, msg.error
+    [att] = msg.attachments
+    assert (att.filename, att.disposition, att.extension) == ("résumé.exe", "attachment", "exe")
+    assert att.payload.startswith(b"MZ")
