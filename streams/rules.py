@@ -263,9 +263,15 @@ class UnknownCharset(Rule):
 
 # --- links ----------------------------------------------------------------
 
+_IPV4_CHARS_RE = re.compile(r"[0-9.]+")
+
+
 def _is_ip(host: str) -> bool:
+    host = host.strip("[]")
+    if ":" not in host and not _IPV4_CHARS_RE.fullmatch(host):
+        return False  # neither form: most hosts, and a raised ValueError costs microseconds
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        ipaddress.ip_address(host)
         return True
     except ValueError:
         return False

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from streams.attachment_policy import inspect
 from streams.mail_auth import AuthResults
 from streams.mime_parser import parse
-from streams.rules import RULES, RuleContext, run_rules
+from streams.rules import RULES, RuleContext, _is_ip, run_rules
 from tests.streams.scoring_fixtures import plain_message, with_attachment, zip_bytes
 
 
@@ -150,3 +154,21 @@ def test_a_raising_rule_is_contained(caplog):
     msg = parse(CLEAN)
     assert run_rules(RuleContext(msg, inspect(msg)), [Broken()]) == []
     assert "secret subject" not in caplog.text
+
+
+def _parses_as_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(["1", "255", "256", "0", ".", ":", "::", "[", "]", "a", "f", "ff",
+                                 "x", "٣", "%eth0", "-"]), max_size=12).map("".join))
+@example("10.0.0.1")
+@example("[2001:db8::1]")
+@example("١٢٧.0.0.1")
+def test_is_ip_agrees_with_the_ipaddress_module(host):
+    assert _is_ip(host) == _parses_as_ip(host)
