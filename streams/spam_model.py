@@ -123,7 +123,8 @@ def _index_set(toks: set[str]) -> set[int]:
     # map() over the cache's get runs in C; a running worker has most tokens cached.
     ids = set(map(_index_cache.get, toks))
     if None in ids:
-        return {_index(t) for t in toks}
+        ids.discard(None)
+        ids.update(_index(t) for t in toks if t not in _index_cache)
     return ids  # type: ignore[return-value]
 
 
@@ -166,7 +167,7 @@ def _subject_tokens(subject: str, out: set[str]) -> None:
     out.update("sc:" + padded[i:i + 3] for i in range(len(padded) - 2))
     letters = [c for c in subject if c.isalpha()]
     if letters:
-        out.add(f"su:{10 * sum(c.isupper() for c in letters) // len(letters)}")
+        out.add(f"su:{10 * sum(map(str.isupper, letters)) // len(letters)}")
     out.update("sch:" + ch for ch in "!$%?*" if ch in subject)
 
 
@@ -174,10 +175,10 @@ def _html_tokens(markup: str, out: set[str]) -> None:
     """Tags, their attributes and presentation values: a newsletter's HTML is built
     by a publishing tool (tables, widths, style sheets), spam's by hand or by a
     spam kit (font sizes and colours, centred text, hidden words)."""
-    for m in _HTML_TAG_RE.finditer(markup, 0, MAX_HTML_CHARS):
-        tag = m.group(1).lower()
+    # A newsletter repeats the same few tags thousands of times: each distinct one once.
+    for tag, attrs in set(_HTML_TAG_RE.findall(markup, 0, MAX_HTML_CHARS)):
+        tag = tag.lower()
         out.add("ht:" + tag)
-        attrs = m.group(2)
         if not attrs:
             continue
         for a in _HTML_ATTR_RE.finditer(attrs):
