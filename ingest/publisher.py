@@ -77,7 +77,12 @@ class InboundPublisher:
         try:
             await asyncio.wait_for(self._send(envelope, raw), self._timeout)
         except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-            raise PublishError(self._tls_failure or f"{type(exc).__name__}: {exc}") from exc
+            why = self._tls_failure
+            if why is None and self._security.get("ssl_context") is not None:
+                # The watcher may not have probed yet (a send right after start): the
+                # client's "unable to bootstrap" would hide an untrusted certificate.
+                why = await asyncio.to_thread(tls_failure, self._bootstrap, self._security)
+            raise PublishError(why or f"{type(exc).__name__}: {exc}") from exc
         self._last_ok = time.monotonic()
         PRODUCE_SECONDS.observe(self._last_ok - started)
 
