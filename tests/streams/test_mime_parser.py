@@ -181,3 +181,29 @@ def test_raw_utf8_in_an_attachments_fields_is_read_as_text():
     [att] = msg.attachments
     assert (att.filename, att.disposition, att.extension) == ("résumé.exe", "attachment", "exe")
     assert att.payload.startswith(b"MZ")
+
+
+_EIGHT_BIT_SEEDS = [plain_message(), with_attachment(b"MZ\x90\x00", "a.exe"),
+                    with_attachment(b"%PDF-1.4", "r.pdf", "application/pdf")]
+
+
+@st.composite
+def eight_bit_header(draw):
+    """A well-formed message with raw 8-bit bytes put into some of its header fields (any part's)."""
+    raw = draw(st.sampled_from(_EIGHT_BIT_SEEDS))
+    lines = raw.split(b"\n")
+    fields = [i for i, line in enumerate(lines) if b":" in line[:40] and not line[:1].isspace()]
+    for _ in range(draw(st.integers(1, 3))):
+        i = draw(st.sampled_from(fields))
+        at = draw(st.integers(lines[i].index(b":") + 1, len(lines[i])))
+        junk = draw(st.sampled_from(["é".encode(), "名前".encode(), b"\xff\xfe", b"\x80", "ü".encode("latin-1")]))
+        lines[i] = lines[i][:at] + junk + lines[i][at:]
+    return b"\n".join(lines)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(eight_bit_header())
+def test_eight_bit_bytes_in_header_fields_never_make_a_message_unparseable(raw):
+    msg = parse(raw)
+    assert not msg.unparseable, msg.error
+    assert msg.parts
