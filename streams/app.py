@@ -191,8 +191,9 @@ async def decoded(stream: AsyncIterable[bytes], decode: Callable[[bytes], R],
         yield item
 
 
-# Faust starts its web server only after table recovery, so answering at all
-# means started; readiness also requires that no rebalance is in progress.
+# Answering at all means started. Faust's web server answers before the worker has
+# joined its group, so readiness also waits for the first table recovery to end:
+# "ready" before that sent senders' mail into a worker that was still starting.
 @app.page("/healthz")
 async def healthz(web, request):
     return web.text("ok\n")
@@ -200,6 +201,8 @@ async def healthz(web, request):
 
 @app.page("/readyz")
 async def readyz(web, request):
+    if not app.tables.recovery.completed.is_set():
+        return web.text("starting\n", status=503)
     if app.rebalancing:
         return web.text("rebalancing\n", status=503)
     return web.text("ready\n")

@@ -5,9 +5,14 @@ and Faust's recovery stopped there, losing the rest of that batch (streams.app).
 from __future__ import annotations
 
 import collections
+import json
+import time
+import urllib.error
+import urllib.request
 
 from kafka import KafkaProducer
 
+from postwarden.local_services import free_port
 from postwarden.records import RoutedMessage
 from postwarden.topics import DELIVER, USER_SETTINGS, USERS_CHANGELOG
 from postwarden.users import new_command
@@ -47,3 +52,28 @@ def test_a_restarted_worker_recovers_the_last_changelog_batch_whole(broker, spaw
                                                                 lambda r: False, 1.0)]
     reasons = collections.Counter(m.reason for m in routed)
     assert reasons == {"filtering_off": len(USERS)}, reasons
+
+
+def test_a_worker_is_ready_only_after_its_first_recovery(broker, spawn, tmp_path):
+    # Faust's web server answers before the worker has joined its group: a "ready" then
+    # let mail reach partitions whose records the starting worker dropped.
+    env = service_env(tmp_path, broker.bootstrap)
+    health = free_port()
+    worker = spawn(["worker"], {**env, "POSTWARDEN_HEALTH_PORT": str(health)}, "worker")
+    url = f"http://127.0.0.1:{health}/readyz"
+    answers: list[tuple[int, float]] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not (answers and answers[-1][0] == 200):
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                answers.append((resp.status, time.time()))
+        except urllib.error.HTTPError as exc:
+            answers.append((exc.code, time.time()))
+        except OSError:
+            pass  # not listening yet
+        time.sleep(0.05)
+    assert answers and answers[-1][0] == 200, worker.log()[-2000:]
+    assert 503 in {code for code, _ in answers}, answers  # it answered while starting
+    ready_logged = [json.loads(line)["ts"] for line in worker.log().splitlines()
+                    if line.startswith("{") and json.loads(line).get("msg") == "[^---Recovery]: Worker ready"]
+    assert ready_logged and ready_logged[0] <= answers[-1][1], (ready_logged, answers[-3:])
