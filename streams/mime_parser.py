@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
-from email.utils import getaddresses
 from email.policy import compat32
+from email.utils import getaddresses
 
 # Bounds that keep one hostile message from costing more than a few
 # milliseconds; mail beyond them is still scored, on its first part.

@@ -57,6 +57,7 @@ import io
 import json
 import math
 import re
+import string
 import zlib
 from bisect import bisect_left
 from dataclasses import dataclass
@@ -97,8 +98,8 @@ _PRESENCE_HEADERS = (
 _LETTER_WORD_RE = re.compile(r"[A-Za-z]{2,}")
 _MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
-_SHAPE_CLASSES = str.maketrans("0123456789" + "bcdefghijklmnopqrstuvwxyz" + "BCDEFGHIJKLMNOPQRSTUVWXYZ",
-                                "9" * 10 + "a" * 25 + "A" * 25)
+_SHAPE_CLASSES = str.maketrans(string.digits + string.ascii_lowercase + string.ascii_uppercase,
+                                "9" * 10 + "a" * 26 + "A" * 26)
 _RUN_RE = re.compile(r"(.)\1+")
 
 # Token groups the Bayes evidence is averaged over, in the order grouped_tokens
