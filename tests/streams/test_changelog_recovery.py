@@ -5,7 +5,6 @@ and Faust's recovery stopped there, losing the rest of that batch (streams.app).
 from __future__ import annotations
 
 import collections
-import json
 import time
 import urllib.error
 import urllib.request
@@ -16,7 +15,7 @@ from postwarden.local_services import free_port
 from postwarden.records import RoutedMessage
 from postwarden.topics import DELIVER, USER_SETTINGS, USERS_CHANGELOG
 from postwarden.users import new_command
-from tests.delivery_helpers import wait
+from tests.delivery_helpers import logged, wait
 from tests.kafka_reader import read_topic
 from tests.streams.scoring_fixtures import plain_message
 from tests.streams.test_policy_submit import start_worker
@@ -74,6 +73,5 @@ def test_a_worker_is_ready_only_after_its_first_recovery(broker, spawn, tmp_path
         time.sleep(0.05)
     assert answers and answers[-1][0] == 200, worker.log()[-2000:]
     assert 503 in {code for code, _ in answers}, answers  # it answered while starting
-    ready_logged = [json.loads(line)["ts"] for line in worker.log().splitlines()
-                    if line.startswith("{") and json.loads(line).get("msg") == "[^---Recovery]: Worker ready"]
+    ready_logged = [e["ts"] for e in logged(worker, "[^---Recovery]: Worker ready")]
     assert ready_logged and ready_logged[0] <= answers[-1][1], (ready_logged, answers[-3:])
