@@ -69,8 +69,9 @@ import numpy as np
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
-FEATURE_VERSION = 6
-DIM_BITS = 20
+FEATURE_VERSION = 7
+# 2^22 columns, not 2^20 (v6): fewer tokens share a weight (bench/model_cv.py).
+DIM_BITS = 22
 DIM = 1 << DIM_BITS
 MASK = DIM - 1
 ARTIFACT = f"models/spam-model-v{FEATURE_VERSION}.npz"
@@ -351,19 +352,18 @@ class SpamModel:
     threshold: float
     meta: dict
 
-    def __post_init__(self) -> None:
-        # float64 as in training; one index array serves both lookups (microseconds,
-        # where Python lists of a million floats would cost tens of MB per worker).
-        object.__setattr__(self, "_w", self.weights.astype(np.float64))
-        object.__setattr__(self, "_nb", self.nb_weights.astype(np.float64))
+    # The weights stay float32 as shipped (32 MB for both at 2^22 columns, where float64
+    # copies would double it per worker); sums are taken in float64, as in training.
+    # One index array serves both lookups: microseconds, where Python lists of
+    # millions of floats would cost hundreds of MB.
 
     def _token_logit(self, ids: np.ndarray) -> float:
-        return self.bias + float(self._w[ids].sum()) * _scale(len(ids))  # type: ignore[attr-defined]
+        return self.bias + float(self.weights[ids].sum(dtype=np.float64)) * _scale(len(ids))
 
     def _nb_mean(self, ids: np.ndarray) -> float:
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
-        return float(self._nb[ids].sum()) / max(len(ids), 1)  # type: ignore[attr-defined]
+        return float(self.nb_weights[ids].sum(dtype=np.float64)) / max(len(ids), 1)
 
     def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
         """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
