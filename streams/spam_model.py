@@ -404,8 +404,8 @@ class SpamModel:
                     f"dim={meta.get('dim')}, this code needs {FEATURE_VERSION}/{DIM}: retrain it")
             stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
                             npz["stump_left"], npz["stump_right"])
-            return cls(npz["weights"].astype(np.float32), float(npz["bias"]),
-                       npz["nb_weights"].astype(np.float32), stumps, float(npz["threshold"]), meta)
+            return cls(npz["weights"].astype(np.float32, copy=False), float(npz["bias"]),
+                       npz["nb_weights"].astype(np.float32, copy=False), stumps, float(npz["threshold"]), meta)
 
 
 def _scale(n: int) -> float:
