@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Mapping
 from typing import TypeVar
 
 import faust
 from faust.transport.drivers import aiokafka as kafka_driver
+from faust.types import TP
 from mode.services import WaitResults
 
 from postwarden.config import load_settings
@@ -87,6 +88,23 @@ class _ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         # Read by consumer.start() when it builds the fetcher.
         consumer._fetch_max_wait_ms = settings.consumer_fetch_wait_ms
         return consumer
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        return await self.call_thread(self._seek_to_committed_or_start)
+
+    async def _seek_to_committed_or_start(self) -> Mapping[TP, int]:
+        # Faust drops records it fetched for a partition that is not active (yet) or
+        # across a rebalance, and relies on this seek to fetch them again. aiokafka's
+        # seek does nothing where the group has no commit, so on a partition nobody
+        # had committed on the dropped records were skipped for good. No commit means
+        # nothing there is done: such a partition starts over from its first record.
+        consumer = self._ensure_consumer()
+        committed = await consumer.seek_to_committed()
+        changelogs = self.consumer.app.tables.changelog_topics
+        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        return committed
 
 
 class _Consumer(kafka_driver.Consumer):

@@ -154,3 +154,58 @@ def test_send_hands_a_record_to_the_producer_without_yielding(broker, monkeypatc
 
     turned, offset = asyncio.run(asyncio.wait_for(main(), 60))
     assert turned == [] and offset == 1
+
+
+@pytest.mark.parametrize("committed", [None, 3])
+def test_the_seek_after_a_rebalance_fetches_dropped_records_again(broker, committed, monkeypatch):
+    # Faust drops records it fetched for a partition that is not active yet or across a
+    # rebalance, then seeks back to the committed offsets. Where the group had never
+    # committed, aiokafka's seek did nothing and those records were skipped for good.
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    tp = TopicPartition(DELIVER.name, 0)
+    thread = app_module.app.consumer._thread
+
+    async def in_this_thread(fun, *args, **kwargs):
+        return await fun(*args, **kwargs)
+
+    # Faust's own seek (perform_seek), with the consumer thread's work done in this one.
+    monkeypatch.setattr(thread, "call_thread", in_this_thread)
+
+    async def fetch(consumer, wanted: int) -> list[int]:
+        offsets: list[int] = []
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(offsets) < wanted and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(tp, timeout_ms=500)).values():
+                offsets.extend(r.offset for r in records)
+        return offsets
+
+    async def main() -> tuple[int | None, list[int], list[int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            for n in range(5):
+                await producer.send_and_wait(tp.topic, b"mail %d" % n, partition=tp.partition)
+        finally:
+            await producer.stop()
+        transport = app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app)
+        consumer = thread._create_worker_consumer(transport)
+        await consumer.start()
+        saved, thread._consumer = thread._consumer, consumer
+        try:
+            consumer.assign([tp])
+            dropped = await fetch(consumer, 5)
+            if committed is not None:  # the first three were done
+                await consumer.commit({tp: committed})
+            await app_module.app.consumer.perform_seek()
+            again = await fetch(consumer, 5 - (committed or 0))
+            return app_module.app.consumer._committed_offset.get(tp), dropped, again
+        finally:
+            thread._consumer = saved
+            app_module.app.consumer._committed_offset.pop(tp, None)
+            app_module.app.consumer._read_offset.pop(tp, None)
+            await consumer.stop()
+
+    offset, dropped, again = asyncio.run(asyncio.wait_for(main(), 60))
+    assert offset == committed and dropped == [0, 1, 2, 3, 4]
+    assert again == list(range(committed or 0, 5))
