@@ -28,6 +28,7 @@ from postwarden.topics import (
     QUARANTINE_STORE_CHANGELOG, USER_SETTINGS, USERS_CHANGELOG, TopicSpec,
 )
 from postwarden.users import SettingsError, UserCommand, UserRecord, apply_command
+from streams import table_store
 from streams.app import app, decoded, send, settings, topic
 from streams.quarantine_store import NotFound, QuarantineStore, is_directory_key
 
@@ -68,7 +69,11 @@ def _changelog(spec: TopicSpec) -> faust.TopicT:
 def _table(name: str, spec: TopicSpec) -> faust.Table:
     # bytes key and value types make Faust use its raw codec: records encode themselves.
     return app.Table(name, key_type=bytes, value_type=bytes, partitions=settings.topic_partitions,
-                     changelog_topic=_changelog(spec))
+                     changelog_topic=_changelog(spec), store=table_store.url(name),
+                     options=table_store.table_options())
+
+
+table_store.register()
 
 
 users = _table("users", USERS_CHANGELOG)
