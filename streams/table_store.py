@@ -8,7 +8,7 @@ RocksDB files and memory is bounded by the write buffers and block cache set
 below, whatever the quarantine holds.
 
 The changelog topics stay the only source of truth, exactly as with the memory
-store: a table's files are wiped when the worker starts, a partition is
+store: a table's files are wiped when the worker starts (postwarden.state_dir), a partition is
 recovered from the start of its changelog whenever it is assigned (no offset
 is trusted from disk, so nothing a crash left half-written or a compaction
 left stale is read), and after each recovery the files of partitions this
@@ -20,19 +20,13 @@ compacted away would keep deleted entries.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import logging
-import os
 import shutil
-from pathlib import Path
 from typing import Any
 
 import rocksdict
 from faust import stores
 from faust.stores import rocksdb
 from faust.types import TP
-
-log = logging.getLogger(__name__)
 
 SCHEME = "postwarden-disk"
 
@@ -45,9 +39,6 @@ OPTIONS: dict[str, Any] = {
     "max_open_files": 256,
 }
 
-MAX_SLOTS = 64
-# Descriptors of the claimed slots' lock files: open, so locked, until the process ends.
-_held: list[int] = []
 
 
 class Store(rocksdb.Store):
@@ -112,33 +103,3 @@ def url(table: str) -> str:
 def table_options() -> dict[str, Any]:
     # Faust's store pops "driver" from the mapping it is given: one copy per table.
     return dict(OPTIONS)
-
-
-class SlotTaken(RuntimeError):
-    pass
-
-
-def claim_table_dir(base: Path) -> Path:
-    """An empty directory for this process's tables, locked for as long as it runs.
-
-    Several workers can share one data directory (``postwarden up`` with
-    POSTWARDEN_WORKER_PROCESSES, tests): each takes the first slot no running
-    worker holds. The lock dies with the process, so a killed worker's slot is
-    taken again, and wiped, by the next one.
-    """
-    base.mkdir(parents=True, exist_ok=True)
-    for slot in range(MAX_SLOTS):
-        fd = os.open(base / f"slot-{slot}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            continue
-        _held.append(fd)
-        path = base / f"slot-{slot}"
-        shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(mode=0o700)
-        log.info("table directory claimed", extra={"slot": slot})
-        return path
-    raise SlotTaken(f"all {MAX_SLOTS} table directories under {base} are held by running workers")
-

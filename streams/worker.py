@@ -20,12 +20,12 @@ def worker_main(loglevel: str = "INFO") -> None:
         import mode.loop
 
         mode.loop.use("uvloop")
+    from postwarden import state_dir
     from streams import mailbox_api, policy_agent, rescan_agent, score_agent  # noqa: F401  (registers the agents)
     from streams.app import app, settings
-    from streams.table_store import claim_table_dir
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    app.conf.tabledir = claim_table_dir(settings.data_dir / "faust" / "tables")
+    app.conf.tabledir = state_dir.claim(settings.data_dir / "faust" / "tables")
     argv = ["postwarden-worker", "worker", "--loglevel", FAUST_LOGLEVELS[loglevel]]
     if settings.health_port == 0:
         argv.append("--without-web")

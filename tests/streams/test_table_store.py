@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import subprocess
-import sys
-import textwrap
 import weakref
 from pathlib import Path
 
@@ -80,38 +77,3 @@ def test_after_recovery_only_active_partitions_are_kept(table):
     asyncio.run(store.on_recovery_completed({changelog(table, 1)}, {changelog(table, 0)}))
     assert not store.partition_path(0).exists() and store.partition_path(1).is_dir()
     assert store._get(b"dave@example.com") is None and store._get(b"erin@example.com") == b"held"
-
-
-def test_each_running_worker_gets_its_own_table_directory(tmp_path):
-    first = table_store.claim_table_dir(tmp_path)
-    second = table_store.claim_table_dir(tmp_path)
-    assert (first.name, second.name) == ("slot-0", "slot-1")
-
-
-def test_a_worker_finding_every_directory_held_stops_with_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(table_store, "MAX_SLOTS", 1)
-    table_store.claim_table_dir(tmp_path)
-    with pytest.raises(table_store.SlotTaken, match="held by running workers"):
-        table_store.claim_table_dir(tmp_path)
-
-
-def test_a_dead_workers_directory_is_taken_again_and_wiped(tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import sys, time
-        from pathlib import Path
-        from streams.table_store import claim_table_dir
-        path = claim_table_dir(Path({str(tmp_path)!r}))
-        (path / "users-0.db").mkdir()
-        print(path, flush=True)
-        time.sleep(60)
-    """)], stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
-    try:
-        held = Path(holder.stdout.readline().strip())
-        assert held.name == "slot-0" and (held / "users-0.db").is_dir()
-        # While it runs, its slot is not handed out.
-        assert table_store.claim_table_dir(tmp_path).name == "slot-1"
-    finally:
-        holder.kill()
-        holder.wait()
-    again = table_store.claim_table_dir(tmp_path)
-    assert again == held and list(again.iterdir()) == []
