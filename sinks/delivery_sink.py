@@ -18,21 +18,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaError
 from prometheus_client import Counter, Gauge
 
+from postwarden import state_dir
 from postwarden.config import Settings, Tenant, Tenants
 from postwarden.kafka_security import client_kwargs
 from postwarden.process_lifecycle import RebalanceRelay, serve, start_when_reachable
 from postwarden.records import RecordError, RoutedMessage
 from postwarden.topics import DELIVER, DELIVER_RETRY_TIERS, DELIVERED
 from sinks import delivery_log
+from sinks.delivered_keys import DeliveredKeys
 from sinks.delivery_log import DeliveryOutcome, log_key
 from sinks.dsn import build_dsn, dsn_message_id
 from sinks.generated_mail import routed as generated
@@ -105,7 +109,9 @@ class DeliverySink:
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._offsets: dict[TopicPartition, _Offsets] = {}
-        self._done: dict[int, set[str]] = {}
+        # Per partition, the delivered-log's keys: filled when the partition is assigned.
+        self._done: dict[int, DeliveredKeys] = {}
+        self._state: Path | None = None
         self._resume_at: dict[TopicPartition, float] = {}
         self._tasks: set[asyncio.Task] = set()
         self._busy: dict[str, asyncio.Event] = {}
@@ -127,6 +133,7 @@ class DeliverySink:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._stop = stop
+        self._state = state_dir.claim(self.settings.data_dir / "delivery")
         bootstrap = self.settings.bootstrap_list
         self._producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap, client_id="postwarden-delivery", acks="all",
@@ -251,7 +258,8 @@ class DeliverySink:
         partition = work.tp.partition
         tenant = self.tenants.get(msg.tenant)
         dest = destination(tenant)
-        if key in self._done.get(partition, ()):
+        done = self._done.get(partition)
+        if done is not None and key in done:
             OUTCOMES.labels(msg.tenant, "duplicate").inc()
             log.info("already delivered, skipped", extra={"message_id": msg.message_id,
                                                             "tenant": msg.tenant})
@@ -315,7 +323,9 @@ class DeliverySink:
                       dest: str) -> None:
         value = DeliveryOutcome(tenant, outcome, self.clock(), dest).encode()
         await self._send(DELIVERED.name, key.encode(), value, partition)
-        self._done.setdefault(partition, set()).add(key)
+        done = self._done.get(partition)
+        if done is not None:  # else revoked meanwhile: its next owner reads the log
+            done.add(key)
 
     async def _send(self, topic: str, key: bytes, value: bytes, partition: int | None) -> None:
         assert self._producer is not None
@@ -347,15 +357,23 @@ class DeliverySink:
         for tp in revoked:
             self._offsets.pop(tp, None)
             self._resume_at.pop(tp, None)
-            self._done.pop(tp.partition, None)
+            done = self._done.pop(tp.partition, None)
+            if done is not None:
+                done.remove()
 
     async def assigned(self, assigned: set[TopicPartition]) -> None:
         partitions = sorted({tp.partition for tp in assigned})
         missing = [p for p in partitions if p not in self._done]
         self._done.update(await delivery_log.load_partitions(
-            self.settings.bootstrap_list, missing, security=client_kwargs(self.settings)))
+            self.settings.bootstrap_list, missing, self._open_keys, security=client_kwargs(self.settings)))
         self._assigned = True
         log.info("partitions assigned", extra={"count": len(partitions)})
+
+    def _open_keys(self, partition: int) -> DeliveredKeys:
+        assert self._state is not None
+        path = self._state / f"delivered-{partition}.db"
+        shutil.rmtree(path, ignore_errors=True)
+        return DeliveredKeys(path)
 
     async def _scan_queue_forever(self) -> None:
         labelled: set[tuple[str, str]] = set()
