@@ -98,12 +98,14 @@ class _ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
         # seek does nothing where the group has no commit, so on a partition nobody
         # had committed on the dropped records were skipped for good. No commit means
         # nothing there is done: such a partition starts over from its first record.
+        # Offset 0 rather than seek_to_beginning, which waits for the broker inside a
+        # rebalance; where retention removed it, the fetcher resets to the log's start.
         consumer = self._ensure_consumer()
         committed = await consumer.seek_to_committed()
         changelogs = self.consumer.app.tables.changelog_topics
-        fresh = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
-        if fresh:
-            await consumer.seek_to_beginning(*fresh)
+        for tp, offset in committed.items():
+            if not offset and tp.topic not in changelogs:
+                consumer.seek(tp, 0)
         return committed
 
 
