@@ -15,6 +15,8 @@ import os
 import shutil
 from pathlib import Path
 
+import rocksdict
+
 log = logging.getLogger(__name__)
 
 MAX_SLOTS = 64
@@ -43,3 +45,12 @@ def claim(base: Path) -> Path:
         log.info("state directory claimed", extra={"slot": slot})
         return path
     raise SlotTaken(f"all {MAX_SLOTS} state directories under {base} are held by running processes")
+
+
+def without_write_ahead_log(db: rocksdict.Rdict) -> rocksdict.Rdict:
+    """A RocksDB database in a state directory needs no write-ahead log: its files
+    never outlive the process that wrote them."""
+    options = rocksdict.WriteOptions()
+    options.disable_wal = True
+    db.set_write_options(options)
+    return db

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import rocksdict
 
+from postwarden import state_dir
+
 _PRESENT = b"1"
 
 
@@ -40,11 +42,7 @@ class DeliveredKeys:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._db = rocksdict.Rdict(str(path), options=_options())
-        write = rocksdict.WriteOptions()
-        # No write-ahead log: the files never outlive the process that wrote them.
-        write.disable_wal = True
-        self._db.set_write_options(write)
+        self._db = state_dir.without_write_ahead_log(rocksdict.Rdict(str(path), options=_options()))
 
     def add(self, key: str) -> None:
         self._db.put(key.encode(), _PRESENT)

@@ -23,10 +23,11 @@ import contextlib
 import shutil
 from typing import Any
 
-import rocksdict
 from faust import stores
 from faust.stores import rocksdb
 from faust.types import TP
+
+from postwarden import state_dir
 
 SCHEME = "postwarden-disk"
 
@@ -53,12 +54,7 @@ class Store(rocksdb.Store):
         return self._get_bucket_for_key(key) is not None
 
     def _open_for_partition(self, partition: int) -> Any:
-        db = super()._open_for_partition(partition)
-        # No write-ahead log: the files never outlive the process that wrote them.
-        options = rocksdict.WriteOptions()
-        options.disable_wal = True
-        db.set_write_options(options)
-        return db
+        return state_dir.without_write_ahead_log(super()._open_for_partition(partition))
 
     def persisted_offset(self, tp: TP) -> int | None:
         # Always recover from the changelog's start, as the memory store does.
