@@ -144,10 +144,33 @@ def decode_header_value(value: str) -> str:
         return _clean_surrogates(value)
 
 
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_ADDR_SPEC = rf"{_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+# A display name's words may hold dots (J. Smith) and any letter; what getaddresses
+# reads differently (specials, other whitespace) is left out and takes its path.
+_PHRASE_ATOM = r'[^\s()<>@,:;"\[\]\\]+'
+# The forms nearly every From and Reply-To takes: a bare address, with or without a
+# comment naming its owner, or one in angle brackets after a plain or quoted display
+# name. getaddresses reads these the same way, character by character in Python, at
+# fifteen times the cost.
+_SIMPLE_ADDRESS_RE = re.compile(
+    rf"""[ \t]*(?:({_ADDR_SPEC})(?:[ \t]*\(([^()\\\r\n]*)\))?"""
+    rf"""|((?:{_PHRASE_ATOM}(?:[ \t]+{_PHRASE_ATOM})*[ \t]*)?)<({_ADDR_SPEC})>"""
+    rf"""|"([^"\\\r\n]*)"[ \t]*<({_ADDR_SPEC})>)[ \t]*""")
+
+
 # The rules and the model both read From: one parse serves both.
 @functools.lru_cache(maxsize=32)
 def first_address(value: str) -> tuple[str, str]:
     """(display name, address) of the first address in a header value, as getaddresses reads it."""
+    m = _SIMPLE_ADDRESS_RE.fullmatch(value)
+    if m:
+        bare, comment, display, address, quoted, quoted_address = m.groups()
+        if bare:
+            return comment or "", bare
+        if address:
+            return " ".join(display.split()), address
+        return quoted, quoted_address
     pairs = getaddresses([value])
     return pairs[0] if pairs else ("", "")
 

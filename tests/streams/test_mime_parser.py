@@ -3,12 +3,14 @@ from __future__ import annotations
 import base64
 import quopri
 from email.message import Message
+from email.utils import getaddresses
 
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from streams.mime_parser import (
-    _URL_RE, MAX_DEPTH, content_charset, decode_text, find_urls, html_to_text, parse,
+    _SIMPLE_ADDRESS_RE, _URL_RE, MAX_DEPTH, content_charset, decode_text, find_urls, first_address,
+    html_to_text, parse,
 )
 from tests.streams.scoring_fixtures import plain_message, with_attachment
 
@@ -166,6 +168,33 @@ def test_content_charset_reads_what_the_stdlib_reads(header):
     part = Message()
     part["Content-Type"] = header
     assert content_charset(part, header) == (part.get_content_charset() or "")
+
+
+_ADDRESS_PIECES = ["a", "Bob", "x.y", "@", "example.org", "<", ">", '"', "(", ")", " ", "\t", "\n ", ",",
+                   ";", ":", ".", "..", "\\", "[", "]", "é", "\x0b", "\xa0", "+tag", "-", "_", "J.", "'"]
+
+
+@settings(max_examples=600, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_ADDRESS_PIECES), max_size=14).map("".join))
+@example("Bob Smith <bob@example.org>")
+@example("  J.  Q.\tPublic <j.q@mail.example.org>  ")
+@example('"Smith, Bob" <bob@example.org>')
+@example('"" <bob@example.org>')
+@example("bob@example.org (Bob Smith)")
+@example("bob@example.org ()")
+@example("Ville Skyttä <ville@example.fi>")
+@example("<bob@example.org>")
+@example("bob..x@example.org")
+@example("bob@example.org, ann@example.org")
+def test_first_address_reads_what_getaddresses_reads(value):
+    first_address.cache_clear()
+    assert first_address(value) == (getaddresses([value]) or [("", "")])[0]
+
+
+def test_the_common_address_forms_take_the_fast_path():
+    for value in ("bob@example.org", "Bob Smith <bob@example.org>", '"Smith, Bob" <bob@example.org>',
+                  "bob@example.org (Bob Smith)", "Ville Skyttä <ville@example.fi>"):
+        assert _SIMPLE_ADDRESS_RE.fullmatch(value), value
 
 
 def test_raw_utf8_in_an_attachments_fields_is_read_as_text():
