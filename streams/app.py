@@ -110,8 +110,54 @@ class _ConsumerThread(kafka_driver.AIOKafkaConsumerThread):
 
 
 class _Consumer(kafka_driver.Consumer):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        # Per partition, the offset the last seek to the committed offsets put it at,
+        # until the first record from there on is handed to the agents.
+        self._sought: dict[TP, int] = {}
+        self._sought_again: set[TP] = set()
+
     def _new_consumer_thread(self) -> _ConsumerThread:
         return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        committed = await super().seek_to_committed()
+        acks = self.app.topics.acks_enabled_for
+        # A partition without a commit starts over at 0 (_ConsumerThread).
+        self._sought = {TP(tp.topic, tp.partition): offset or 0
+                        for tp, offset in committed.items() if acks(tp.topic)}
+        self._sought_again = set()
+        return committed
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, faust.types.Message]]:
+        # Faust seeks back to the committed offsets after a rebalance, but a batch
+        # fetched before that seek may still be handed on after it. Its first record
+        # then lies past the committed offset, and Faust marks the records in between
+        # done (a "gap") although nothing processed them, or drops them when they are
+        # fetched again because its read offset has moved past them. Such a batch is
+        # dropped instead, and the partition sought to the committed offset once more.
+        # A partition whose committed record is gone (retention) shows the same gap
+        # after that second seek, and is then handed on as Faust would.
+        stale: set[TP] = set()
+        async for tp, message in super().getmany(timeout):
+            if self._sought:
+                if tp in stale:
+                    continue
+                expected = self._sought.get(tp)
+                if expected is not None and message.offset >= expected:
+                    if message.offset > expected and tp not in self._sought_again:
+                        stale.add(tp)
+                        self._sought_again.add(tp)
+                        log.warning("records fetched before a seek dropped; fetched again",
+                                    extra={"topic": tp.topic, "partition": tp.partition,
+                                           "offset": expected, "first_dropped": message.offset})
+                        await self.seek(tp, expected)
+                        continue
+                    del self._sought[tp]
+                    # A record of the stale batch being processed during the seek set
+                    # the read offset past this one after the seek had set it here.
+                    self._read_offset[tp] = expected
+            yield tp, message
 
     def _new_offset(self, tp):
         # Faust commits the first run of acked offsets even when a message before it is

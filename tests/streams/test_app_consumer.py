@@ -7,8 +7,10 @@ data arrives (Tansu) that is added to every agent hop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
+from aiokafka import AIOKafkaProducer, TopicPartition
 from faust.transport.drivers import aiokafka as kafka_driver
 from faust.types import TP, Message
 from yarl import URL
@@ -156,21 +158,50 @@ def test_send_hands_a_record_to_the_producer_without_yielding(broker, monkeypatc
     assert turned == [] and offset == 1
 
 
-@pytest.mark.parametrize("committed", [None, 3])
-def test_the_seek_after_a_rebalance_fetches_dropped_records_again(broker, committed, monkeypatch):
-    # Faust drops records it fetched for a partition that is not active yet or across a
-    # rebalance, then seeks back to the committed offsets. Where the group had never
-    # committed, aiokafka's seek did nothing and those records were skipped for good.
-    from aiokafka import AIOKafkaProducer, TopicPartition
-
-    tp = TopicPartition(DELIVER.name, 0)
+def _consumer_thread_in_this_loop(monkeypatch):
+    """Faust's consumer thread, with its work done in the test's own event loop."""
     thread = app_module.app.consumer._thread
 
     async def in_this_thread(fun, *args, **kwargs):
         return await fun(*args, **kwargs)
 
-    # Faust's own seek (perform_seek), with the consumer thread's work done in this one.
     monkeypatch.setattr(thread, "call_thread", in_this_thread)
+    return thread
+
+
+async def _produce(broker, tp: TopicPartition, n: int) -> list[int]:
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        return [(await producer.send_and_wait(tp.topic, b"mail %d" % i, partition=tp.partition)).offset
+                for i in range(n)]
+    finally:
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def _worker_consumer(broker, thread, tp: TopicPartition):
+    """The worker's own Kafka consumer, assigned ``tp``, in place of the thread's."""
+    transport = app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app)
+    consumer = thread._create_worker_consumer(transport)
+    await consumer.start()
+    saved, thread._consumer = thread._consumer, consumer
+    try:
+        consumer.assign([tp])
+        yield consumer
+    finally:
+        thread._consumer = saved
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("committed", [None, 3])
+def test_the_seek_after_a_rebalance_fetches_dropped_records_again(broker, committed, monkeypatch):
+    # Faust drops records it fetched for a partition that is not active yet or across a
+    # rebalance, then seeks back to the committed offsets. Where the group had never
+    # committed, aiokafka's seek did nothing and those records were skipped for good.
+    tp = TopicPartition(DELIVER.name, 0)
+    # Faust's own seek (perform_seek), with the consumer thread's work done in this loop.
+    thread = _consumer_thread_in_this_loop(monkeypatch)
 
     async def fetch(consumer, wanted: int) -> list[int]:
         offsets: list[int] = []
@@ -181,31 +212,92 @@ def test_the_seek_after_a_rebalance_fetches_dropped_records_again(broker, commit
         return offsets
 
     async def main() -> tuple[int | None, list[int], list[int]]:
-        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
-        await producer.start()
-        try:
-            for n in range(5):
-                await producer.send_and_wait(tp.topic, b"mail %d" % n, partition=tp.partition)
-        finally:
-            await producer.stop()
-        transport = app_module._Transport([URL(f"kafka://{broker.bootstrap}")], app_module.app)
-        consumer = thread._create_worker_consumer(transport)
-        await consumer.start()
-        saved, thread._consumer = thread._consumer, consumer
-        try:
-            consumer.assign([tp])
-            dropped = await fetch(consumer, 5)
-            if committed is not None:  # the first three were done
-                await consumer.commit({tp: committed})
-            await app_module.app.consumer.perform_seek()
-            again = await fetch(consumer, 5 - (committed or 0))
-            return app_module.app.consumer._committed_offset.get(tp), dropped, again
-        finally:
-            thread._consumer = saved
-            app_module.app.consumer._committed_offset.pop(tp, None)
-            app_module.app.consumer._read_offset.pop(tp, None)
-            await consumer.stop()
+        await _produce(broker, tp, 5)
+        async with _worker_consumer(broker, thread, tp) as consumer:
+            try:
+                dropped = await fetch(consumer, 5)
+                if committed is not None:  # the first three were done
+                    await consumer.commit({tp: committed})
+                await app_module.app.consumer.perform_seek()
+                again = await fetch(consumer, 5 - (committed or 0))
+                return app_module.app.consumer._committed_offset.get(tp), dropped, again
+            finally:
+                app_module.app.consumer._committed_offset.pop(tp, None)
+                app_module.app.consumer._read_offset.pop(tp, None)
 
     offset, dropped, again = asyncio.run(asyncio.wait_for(main(), 60))
     assert offset == committed and dropped == [0, 1, 2, 3, 4]
     assert again == list(range(committed or 0, 5))
+
+
+@pytest.mark.parametrize("stale_fetches", [0, 1, 2])
+def test_a_batch_fetched_before_the_seek_is_not_handed_on_after_it(broker, stale_fetches, monkeypatch):
+    # A batch fetched before the seek to the committed offsets, handed on after it:
+    # Faust marked the records between the committed offset and the batch's first one
+    # done although nothing had processed them (a gap), and dropped them when they came
+    # again because its read offset was past them. The batch is real records fetched
+    # from the broker; only its late hand-over is staged. Without a stale fetch, a stale
+    # record was being processed during the seek and set the read offset past the
+    # committed one afterwards. A second stale fetch stands for a partition whose
+    # committed record is gone, whose gap is then Faust's to mark.
+    tp = TopicPartition(DELIVER.name, 0)
+    faust_tp = TP(tp.topic, tp.partition)
+    consumer = app_module.app.consumer
+    thread = _consumer_thread_in_this_loop(monkeypatch)
+    monkeypatch.setattr(app_module.app.topics, "acks_enabled_for", lambda topic: topic == tp.topic)
+    monkeypatch.setattr(consumer, "_active_partitions", {faust_tp})
+
+    async def main() -> tuple[int, list[list[int]], list[int | None]]:
+        base = (await _produce(broker, tp, 10))[0]
+        async with _worker_consumer(broker, thread, tp) as kafka:
+            try:
+                kafka.seek(tp, base)
+                fetched = []
+                while len(fetched) < 10:
+                    for records in (await kafka.getmany(tp, timeout_ms=500)).values():
+                        fetched.extend(records)
+                stale = {tp: fetched[6:10]}
+                await kafka.commit({tp: base + 3})
+                await consumer.perform_seek()
+                if not stale_fetches:
+                    consumer._read_offset[faust_tp] = base + 9
+
+                real_wait = consumer._wait_next_records
+                fetches = 0
+
+                async def wait_next_records(timeout):
+                    nonlocal fetches
+                    fetches += 1
+                    if fetches <= stale_fetches:
+                        return stale, {faust_tp}
+                    return await real_wait(timeout)
+
+                monkeypatch.setattr(consumer, "_wait_next_records", wait_next_records)
+                handed: list[list[int]] = []
+                read_offsets: list[int | None] = []
+                while sum(map(len, handed)) < 7 and len(handed) < 20:
+                    batch = []
+                    async for _, message in consumer.getmany(timeout=0.5):
+                        batch.append(message.offset - base)
+                        read_offsets.append(consumer._read_offset[faust_tp])
+                        consumer._read_offset[faust_tp] = message.offset  # as Faust's fetch loop does
+                    handed.append(batch)
+                return base, handed, read_offsets
+            finally:
+                for table in (consumer._committed_offset, consumer._read_offset):
+                    table.pop(faust_tp, None)
+                consumer._sought.clear()
+
+    base, handed, read_offsets = asyncio.run(asyncio.wait_for(main(), 60))
+    # The first record handed on comes with the read offset at the committed one.
+    assert read_offsets[0] == base + 3
+    if stale_fetches == 0:
+        assert [o for batch in handed for o in batch] == list(range(3, 10))
+    elif stale_fetches == 1:
+        # The stale batch is dropped, the partition sought back, and every record from
+        # the committed one on is handed on.
+        assert handed[0] == [] and [o for batch in handed[1:] for o in batch] == list(range(3, 10))
+    else:
+        # Sought back once only: the same gap again is handed on, so that Faust marks
+        # the gap before it as it would.
+        assert handed[0] == [] and handed[1] == [6, 7, 8, 9]
