@@ -149,8 +149,7 @@ class _Consumer(kafka_driver.Consumer):
                         stale.add(tp)
                         self._sought_again.add(tp)
                         log.warning("records fetched before a seek dropped; fetched again",
-                                    extra={"topic": tp.topic, "partition": tp.partition,
-                                           "offset": expected, "first_dropped": message.offset})
+                                    extra={"topic": tp.topic, "partition": tp.partition, "offset": expected})
                         await self.seek(tp, expected)
                         continue
                     del self._sought[tp]

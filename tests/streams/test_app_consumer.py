@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import pytest
 from aiokafka import AIOKafkaProducer, TopicPartition
@@ -16,6 +17,7 @@ from faust.types import TP, Message
 from yarl import URL
 
 from postwarden.config import ConfigError, Settings, load_settings
+from postwarden.logs import JsonFormatter
 from postwarden.topics import DELIVER
 from streams import app as app_module
 
@@ -231,7 +233,7 @@ def test_the_seek_after_a_rebalance_fetches_dropped_records_again(broker, commit
 
 
 @pytest.mark.parametrize("stale_fetches", [0, 1, 2])
-def test_a_batch_fetched_before_the_seek_is_not_handed_on_after_it(broker, stale_fetches, monkeypatch):
+def test_a_batch_fetched_before_the_seek_is_not_handed_on_after_it(broker, stale_fetches, monkeypatch, caplog):
     # A batch fetched before the seek to the committed offsets, handed on after it:
     # Faust marked the records between the committed offset and the batch's first one
     # done although nothing had processed them (a gap), and dropped them when they came
@@ -289,6 +291,10 @@ def test_a_batch_fetched_before_the_seek_is_not_handed_on_after_it(broker, stale
                 consumer._sought.clear()
 
     base, handed, read_offsets = asyncio.run(asyncio.wait_for(main(), 60))
+    warned = [json.loads(JsonFormatter().format(r)) for r in caplog.records
+              if r.getMessage() == "records fetched before a seek dropped; fetched again"]
+    assert [(w["topic"], w["partition"], w["offset"]) for w in warned] == \
+        [(tp.topic, tp.partition, base + 3)] * min(stale_fetches, 1)
     # The first record handed on comes with the read offset at the committed one.
     assert read_offsets[0] == base + 3
     if stale_fetches == 0:
