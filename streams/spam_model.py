@@ -96,7 +96,9 @@ _PRESENCE_HEADERS = (
     "message-id", "organization", "cc", "content-transfer-encoding", "x-mimeole",
     "disposition-notification-to",
 )
-_LETTER_WORD_RE = re.compile(r"[A-Za-z]{2,}")
+# Every byte but an ASCII letter as a space: the runs split() then returns longer
+# than one letter are what [A-Za-z]{2,} finds, read at a fraction of the regex's cost.
+_LETTERS_ONLY = bytes(c if chr(c).isascii() and chr(c).isalpha() else 0x20 for c in range(256))
 _MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
 _SHAPE_CLASSES = str.maketrans(string.digits + string.ascii_lowercase + string.ascii_uppercase,
@@ -294,9 +296,15 @@ COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "feature
           "subject_chars", "urls_per_100_words")
 
 
+def letter_words(text: str) -> list[bytes]:
+    """The runs of two or more ASCII letters in ``text``."""
+    runs = text.encode("ascii", "replace").translate(_LETTERS_ONLY).split()
+    return [w for w in runs if len(w) > 1]
+
+
 def counts(msg: ParsedMessage, n_features: int) -> list[float]:
-    words = _LETTER_WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS])
-    capitals = sum(map(str.isupper, words)) / len(words) if words else 0.0
+    words = letter_words(msg.body_text[:MAX_BODY_CHARS])
+    capitals = sum(map(bytes.isupper, words)) / len(words) if words else 0.0
     hosts = {url_host(u) for u in msg.urls}
     html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
     # Stumps add one input's steps to another's and cannot divide: a pitch is a few

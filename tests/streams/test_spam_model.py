@@ -2,14 +2,17 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from email.message import EmailMessage
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
-                                _index, counts, features, fit, fit_nb, fit_stumps, fold_of, grouped_features,
+                                _index, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
                                 grouped_tokens, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import plain_message
@@ -102,6 +105,18 @@ def test_second_stage_sees_links_per_hundred_words():
         assert len(values) == len(COUNTS)
         assert values[COUNTS.index("urls_per_100_words")] == pytest.approx(share)
     assert counts(parse(plain_message(body="")), 0)[COUNTS.index("urls_per_100_words")] == 0.0
+
+
+# Letters, their neighbours in the byte table and in Unicode, and letters that only look ASCII.
+_WORD_PIECES = ["a", "Z", "ab", "CAPS", "Mixed", "@", "[", "`", "{", "_", "0", "9", " ", "\n", "'", "-",
+                "é", "É", "ß", "ſ", "K", "İ", "ａ", "\udc80", "\x7f", "\xff"]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_WORD_PIECES), max_size=30).map("".join) | st.text(max_size=200))
+@example("Don't SHOUT at café-bar owners, Kelvin")
+def test_letter_words_are_what_the_ascii_letter_pattern_finds(text):
+    assert [w.decode() for w in letter_words(text)] == re.findall(r"[A-Za-z]{2,}", text)
 
 
 def test_stumps_step_tables_agree_with_the_sum_of_stumps():
