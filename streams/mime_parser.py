@@ -2,7 +2,8 @@
 
 The stdlib parser with policy.compat32 is used because it is lenient and five
 times faster than policy.default on real mail (the latter also raises on some
-malformed headers while reading them). Everything that can go wrong with
+malformed headers while reading them); clean single-part mail is read into the
+same Message without its feed parser (message_reader.py). Everything that can go wrong with
 hostile input is turned into a defect string or, as a last resort, into
 ``ParsedMessage.error``: callers get an object back for any bytes.
 """
@@ -14,11 +15,11 @@ import functools
 import html
 import re
 from dataclasses import dataclass, field
-from email import message_from_bytes
 from email.header import decode_header
 from email.message import Message
-from email.policy import compat32
 from email.utils import getaddresses
+
+from streams.message_reader import read_message
 
 # Bounds that keep one hostile message from costing more than a few
 # milliseconds; mail beyond them is still scored, on its first part.
@@ -325,7 +326,7 @@ def parse(raw: bytes) -> ParsedMessage:
 
 
 def _parse_into(raw: bytes, out: ParsedMessage) -> None:
-    msg = message_from_bytes(raw, policy=compat32)
+    msg = read_message(raw)
     index: dict[str, list[str]] = {}
     for name, value in msg._headers[:MAX_HEADERS]:
         key = name.lower()
