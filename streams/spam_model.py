@@ -144,7 +144,12 @@ def url_host(url: str) -> str:
 
 def _shape(text: str) -> str:
     """Character classes with runs collapsed: "a1b2c3@x" -> "a9a9a9@a"."""
-    return _RUN_RE.sub(r"\1+", text.translate(_SHAPE_CLASSES))
+    # A function, not the template r"\1+", which Python 3.11 expands per match in Python.
+    return _RUN_RE.sub(_run_of, text.translate(_SHAPE_CLASSES))
+
+
+def _run_of(m: re.Match[str]) -> str:
+    return m[1] + "+"
 
 
 def _org_domain(domain: str) -> str:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
-                                _index, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
+                                _index, _shape, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
                                 grouped_tokens, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import plain_message
@@ -67,6 +67,12 @@ def test_the_closing_words_are_tokens_of_their_own():
     assert closing == {f"bl:{w}" for w in words[-FOOTER_WORDS:]}
     short, *_ = grouped_tokens(parse(plain_message(body="to leave reply remove")))
     assert {"bl:to", "bl:leave", "bl:reply", "bl:remove"} <= short
+
+
+def test_a_shape_is_character_classes_with_runs_collapsed():
+    assert _shape("a1b2c3@x") == "a9a9a9@a"
+    assert _shape("Bob.Smith99--2024") == "Aa+.Aa+9+-+9+"
+    assert _shape("x\n\ny") == "a\n\na"  # as the pattern's "." reads it: a line end is no run
 
 
 def test_sender_tokens_compare_from_message_id_and_links():
