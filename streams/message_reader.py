@@ -5,9 +5,10 @@ most of a parse's cost on the single-part mail that makes up most of the
 traffic. A message whose header block is clean (every line a named field or
 a continuation of one, ended by an empty line) and whose type is neither
 multipart nor message/* comes out of the feed parser as its fields and the
-rest of the text, with no defects: that is read here with two patterns.
-Everything else, and everything the feed parser would note a defect on, goes
-to the feed parser, so the result is the same Message either way.
+rest of the text, with no defects: that is read here by finding the empty
+line, splitting the block into fields and checking their names with one
+pattern. Everything else, and everything the feed parser would note a defect
+on, goes to the feed parser, so the result is the same Message either way.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from email import message_from_bytes
 from email.message import Message
 from email.policy import compat32
 
-# One field: a name of printable ASCII without the colon, its first line and any
-# continuation lines, each ended by CRLF, CR or LF (the feed parser's line ends).
-_FIELD = r"([\041-\071\073-\176]+):([^\r\n]*(?:\r\n|\r|\n)(?:[\t ][^\r\n]*(?:\r\n|\r|\n))*)"
-_FIELD_RE = re.compile(_FIELD)
-_HEADER_BLOCK_RE = re.compile(f"(?:{_FIELD})*")
+# Lines end in LF throughout or in CRLF throughout (anything else goes to the feed
+# parser): a field ends at a line end that no blank or tab continues.
+_FIELD_END = {"\n": re.compile(r"\n(?![\t ])"), "\r\n": re.compile(r"\r\n(?![\t ])")}
+# Field names, one per line: printable ASCII but the colon, as the feed parser's headerRE.
+_NAMES_RE = re.compile(r"[!-9;-~]+(?:\n[!-9;-~]+)*")
 
 
 def read_message(raw: bytes) -> Message:
@@ -32,20 +33,28 @@ def read_message(raw: bytes) -> Message:
 def _read_single_part(raw: bytes) -> Message | None:
     """The Message the feed parser would build, or None where it might build another."""
     text = raw.decode("ascii", "surrogateescape")
-    end = _HEADER_BLOCK_RE.match(text).end()  # type: ignore[union-attr]
-    # The block must end at an empty line: anything else is a line the feed
-    # parser reads as the body's first, with a defect (or an mbox "From " line).
-    if text.startswith("\r\n", end):
-        body = end + 2
-    elif text.startswith(("\r", "\n"), end):
-        body = end + 1
-    else:
+    first = text.find("\n")
+    if first <= 0:
+        return None
+    eol = "\r\n" if text[first - 1] == "\r" else "\n"
+    # The header block ends at the first empty line.
+    end = text.find(eol + eol)
+    if end < 0:
+        return None
+    block = text[:end]
+    if eol == "\n" and "\r" in block or eol == "\r\n" and not (
+            block.count("\r") == block.count("\n") == block.count("\r\n")):
+        return None
+    fields = [field.partition(":") for field in _FIELD_END[eol].split(block)]
+    # Every line a field or its continuation: a line without a colon or with a
+    # blank in its name is where the feed parser would see the body start, with a defect.
+    names = [name for name, colon, _ in fields if colon]
+    if len(names) != len(fields) or not _NAMES_RE.fullmatch("\n".join(names)):
         return None
     msg = Message()
-    # The first line's leading blanks go, and the last line end: as compat32's header_source_parse.
-    msg._headers = [(name, value.lstrip(" \t").rstrip("\r\n"))  # type: ignore[attr-defined]
-                    for name, value in _FIELD_RE.findall(text, 0, end)]
+    # The first line's leading blanks go, as compat32's header_source_parse drops them.
+    msg._headers = [(name, value.lstrip(" \t")) for name, _, value in fields]  # type: ignore[attr-defined]
     if msg.get_content_maintype() in ("multipart", "message"):
         return None
-    msg.set_payload(text[body:])
+    msg.set_payload(text[end + 2 * len(eol):])
     return msg
