@@ -10,6 +10,7 @@ I/O: DNS-based authentication results are computed before and handed in.
 
 from __future__ import annotations
 
+import calendar
 import functools
 import ipaddress
 import logging
@@ -154,9 +155,33 @@ class HugeHeaders(Rule):
 
 # --- dates ----------------------------------------------------------------
 
+# "Tue, 3 Sep 2024 10:00:00 +0200", with or without the day name, the seconds or
+# a comment after the zone: nearly every Date and Received stamp. parsedate_tz
+# reads it as these fields, after a general token shuffle that costs several
+# times more; any other spelling (folded, a zone name, two-digit years) is left to it.
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_COMMON_DATE_RE = re.compile(
+    r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun),[ \t]*)?([0-9]{1,2})[ \t]+(" + "|".join(_MONTHS) + r")[ \t]+"
+    r"([1-9][0-9]{3})[ \t]+([0-9]{1,2}):([0-9]{2})(?::([0-9]{2}))?[ \t]+([+-])([0-9]{2})([0-9]{2})(?:[ \t]|$)")
+
+
+def _common_date(value: str) -> float | None:
+    m = _COMMON_DATE_RE.match(value)
+    if m is None:
+        return None
+    day, month, year, hour, minute, second, sign, zone_h, zone_m = m.groups()
+    t = calendar.timegm((int(year), _MONTHS.index(month) + 1, int(day), int(hour), int(minute),
+                         int(second or 0), 0, 1, -1))
+    offset = int(zone_h) * 3600 + int(zone_m) * 60
+    return float(t + offset if sign == "-" else t - offset)
+
+
 # Three date rules read the same Date and Received stamps of a message.
 @functools.lru_cache(maxsize=32)
 def _parse_date(value: str) -> float | None:
+    common = _common_date(value)
+    if common is not None:
+        return common
     try:
         parsed = parsedate_tz(value)
         return float(mktime_tz(parsed)) if parsed else None

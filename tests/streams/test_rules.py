@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import ipaddress
+from email.utils import mktime_tz, parsedate_tz
 
 import pytest
 from hypothesis import example, given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 from streams.attachment_policy import inspect
 from streams.mail_auth import AuthResults
 from streams.mime_parser import parse
-from streams.rules import RULES, RuleContext, _is_ip, run_rules
+from streams.rules import RULES, RuleContext, _common_date, _is_ip, run_rules
 from tests.streams.scoring_fixtures import plain_message, with_attachment, zip_bytes
 
 
@@ -76,6 +77,35 @@ def test_dates():
     assert "DATE_IN_PAST" in fired(past)
     assert not {"DATE_IN_FUTURE", "DATE_IN_PAST"} & fired(received + CLEAN)
     assert "DATE_UNPARSEABLE" in fired(CLEAN.replace(b"Tue, 03 Sep 2024 10:00:00 +0000", b"yesterday-ish"))
+
+
+# Date pieces: names, numbers at and past their ranges, zones, blanks and what follows a stamp.
+_DATE_PIECES = ["Tue", "Sun", "tue", ",", " ", "  ", "\t", "\n ", "3", "03", "00", "31", "99", "Sep", "sep",
+                "September", "Dec", "2024", "0024", "24", "1999", "10", ":", "00", "59", "61", "+0000", "-0000",
+                "+0200", "-0530", "+0099", "+02000", "GMT", "EST", "(PDT)", "x", "\xa0", "\u0663"]
+
+
+@settings(max_examples=800, deadline=None, derandomize=True)
+@given(st.lists(st.sampled_from(_DATE_PIECES), max_size=16).map("".join))
+@example("Tue, 03 Sep 2024 10:00:00 +0000")
+@example("Tue,3 Sep 2024 10:00 -0530 (IST)")
+@example("3 Sep 2024 25:61:99 +0099")
+@example("Tue, 03 Sep 2024 10:00:00 -0000")
+@example("Tue, 03 Sep 2024 10:00:00 +0200\n")
+@example("Tue, 03 Sep 2024 10:00:00 +0200x")
+@example("Tue, 03 Sep 2024 10:00:00 +0200\xa0(CEST)")
+@example("Tue, 03 Sep 0024 10:00:00 +0000")  # a year below 100 is moved to 1969-2068
+@example("x 03 Sep 2024 10:00:00 +0000")  # no date: "x" is read as its day
+def test_a_common_date_is_read_as_parsedate_tz_reads_it(value):
+    common = _common_date(value)
+    if common is not None:
+        assert common == float(mktime_tz(parsedate_tz(value)))
+
+
+def test_the_common_date_forms_take_the_fast_path():
+    for value in ("Tue, 03 Sep 2024 10:00:00 +0000", "Tue, 3 Sep 2024 10:00:00 -0700 (PDT)",
+                  "3 Sep 2024 10:00 +0200", "Tue,03 Sep 2024 10:00:00 +0000"):
+        assert _common_date(value) == float(mktime_tz(parsedate_tz(value))), value
 
 
 def test_dates_fall_back_to_the_envelope_time():
