@@ -32,9 +32,8 @@ cannot form from the two counts, raise it by 0.4% on pooled scores over both
 the four partitions it was chosen on and four others (bench/model_cv.py).
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
-the agent's only mode: a dot product over a few hundred hashed indices costs
-microseconds with numpy indexing, while a library call costs a fixed fraction of a
-millisecond. Training is numpy only and deterministic (full-batch optimiser,
+the agent's only mode: a sum over a few hundred hashed weights costs
+microseconds, while a library call costs a fixed fraction of a millisecond. Training is numpy only and deterministic (full-batch optimiser,
 folds fixed by message hash), so `postwarden train` on the same manifest gives
 the same artifact byte for byte on the same kind of CPU. numpy picks its
 vectorised exp and log by instruction set, and they differ in the last bit,
@@ -130,11 +129,6 @@ def _index_set(toks: set[str]) -> set[int]:
         ids.discard(None)
         ids.update(_index(t) for t in toks if t not in _index_cache)
     return ids  # type: ignore[return-value]
-
-
-def _sorted_ids(ids: set[int]) -> np.ndarray:
-    # Sorted, so that a message's weights are summed in the same order in every process.
-    return np.sort(np.fromiter(ids, dtype=np.intp, count=len(ids)))
 
 
 def url_host(url: str) -> str:
@@ -279,20 +273,15 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
-def grouped_ids(msg: ParsedMessage) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Sorted feature indices: all of them, and those of each of NB_GROUPS."""
+def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
+    """All feature indices, and those of each of NB_GROUPS, sorted: training sums a
+    message's weights in this order in every process."""
     groups = [_index_set(g) for g in grouped_tokens(msg)]
-    return _sorted_ids(set().union(*groups)), [_sorted_ids(g) for g in groups]
+    return sorted(set().union(*groups)), [sorted(g) for g in groups]
 
 
 def features(msg: ParsedMessage) -> list[int]:
-    return grouped_ids(msg)[0].tolist()
-
-
-def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
-    """All feature indices, and those of each of NB_GROUPS."""
-    all_ids, groups = grouped_ids(msg)
-    return all_ids.tolist(), [g.tolist() for g in groups]
+    return grouped_features(msg)[0]
 
 
 # Inputs of the second stage after the regression's logit (with the rules') and the
@@ -366,26 +355,27 @@ class SpamModel:
     meta: dict
 
     # The weights stay float32 as shipped (32 MB for both at 2^22 columns, where float64
-    # copies would double it per worker); sums are taken in float64, as in training.
-    # One index array serves both lookups: microseconds, where Python lists of
-    # millions of floats would cost hundreds of MB.
+    # copies would double it per worker, and Python lists of millions of floats cost
+    # hundreds of MB). A message's few hundred weights are read through memoryviews
+    # and summed by math.fsum: exactly rounded, so the sum does not depend on the
+    # order of a set of indices, and sooner than building, sorting and indexing a
+    # numpy array per token group.
 
-    def _token_logit(self, ids: np.ndarray) -> float:
-        return self.bias + float(self.weights[ids].sum(dtype=np.float64)) * _scale(len(ids))
-
-    def _nb_mean(self, ids: np.ndarray) -> float:
-        # The mean evidence per token: a sum (or one scaled like the regression's)
-        # lets long ham pile up spam-like rare tokens.
-        return float(self.nb_weights[ids].sum(dtype=np.float64)) / max(len(ids), 1)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_weight_of", memoryview(self.weights).__getitem__)
+        object.__setattr__(self, "_nb_weight_of", memoryview(self.nb_weights).__getitem__)
 
     def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
         """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        ids, groups = grouped_ids(msg)
-        z = self._token_logit(ids)
-        nb = [self._nb_mean(g) for g in groups]
+        groups = [_index_set(g) for g in grouped_tokens(msg)]
+        ids = set().union(*groups)
+        z = self.bias + math.fsum(map(self._weight_of, ids)) * _scale(len(ids))  # type: ignore[attr-defined]
+        # The mean evidence per token: a sum (or one scaled like the regression's)
+        # lets long ham pile up spam-like rare tokens.
+        nb = [math.fsum(map(self._nb_weight_of, g)) / max(len(g), 1) for g in groups]  # type: ignore[attr-defined]
         return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
