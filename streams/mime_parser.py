@@ -2,10 +2,10 @@
 
 The stdlib parser with policy.compat32 is used because it is lenient and five
 times faster than policy.default on real mail (the latter also raises on some
-malformed headers while reading them); clean single-part mail is read into the
-same Message without its feed parser (message_reader.py). Everything that can go wrong with
-hostile input is turned into a defect string or, as a last resort, into
-``ParsedMessage.error``: callers get an object back for any bytes.
+malformed headers while reading them); clean single-part mail is read into
+the same Message without its feed parser (message_reader.py). Everything that
+can go wrong with hostile input is turned into a defect string or, as a last
+resort, into ``ParsedMessage.error``: callers get an object back for any bytes.
 """
 
 from __future__ import annotations

@@ -33,8 +33,9 @@ the four partitions it was chosen on and four others (bench/model_cv.py).
 
 Chosen over a scikit-learn pipeline because scoring one message at a time is
 the agent's only mode: a sum over a few hundred hashed weights costs
-microseconds, while a library call costs a fixed fraction of a millisecond. Training is numpy only and deterministic (full-batch optimiser,
-folds fixed by message hash), so `postwarden train` on the same manifest gives
+microseconds, while a library call costs a fixed fraction of a millisecond.
+Training is numpy only and deterministic (full-batch optimiser, folds fixed
+by message hash), so `postwarden train` on the same manifest gives
 the same artifact byte for byte on the same kind of CPU. numpy picks its
 vectorised exp and log by instruction set, and they differ in the last bit,
 so on another CPU the float64 bias, cut and stump steps may move by about
@@ -273,11 +274,17 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
+def _id_sets(msg: ParsedMessage) -> tuple[set[int], list[set[int]]]:
+    """Feature indices: all of them, and those of each of NB_GROUPS."""
+    groups = [_index_set(g) for g in grouped_tokens(msg)]
+    return set().union(*groups), groups
+
+
 def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
     """All feature indices, and those of each of NB_GROUPS, sorted: training sums a
     message's weights in this order in every process."""
-    groups = [_index_set(g) for g in grouped_tokens(msg)]
-    return sorted(set().union(*groups)), [sorted(g) for g in groups]
+    ids, groups = _id_sets(msg)
+    return sorted(ids), [sorted(g) for g in groups]
 
 
 def features(msg: ParsedMessage) -> list[int]:
@@ -370,8 +377,7 @@ class SpamModel:
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        groups = [_index_set(g) for g in grouped_tokens(msg)]
-        ids = set().union(*groups)
+        ids, groups = _id_sets(msg)
         z = self.bias + math.fsum(map(self._weight_of, ids)) * _scale(len(ids))  # type: ignore[attr-defined]
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
