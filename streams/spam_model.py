@@ -363,14 +363,9 @@ class SpamModel:
 
     # The weights stay float32 as shipped (32 MB for both at 2^22 columns, where float64
     # copies would double it per worker, and Python lists of millions of floats cost
-    # hundreds of MB). A message's few hundred weights are read through memoryviews
-    # and summed by math.fsum: exactly rounded, so the sum does not depend on the
-    # order of a set of indices, and sooner than building, sorting and indexing a
-    # numpy array per token group.
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "_weight_of", memoryview(self.weights).__getitem__)
-        object.__setattr__(self, "_nb_weight_of", memoryview(self.nb_weights).__getitem__)
+    # hundreds of MB). A message's few hundred weights are gathered by numpy and
+    # summed by math.fsum: exactly rounded, so the sum does not depend on the order
+    # of a set of indices, which sorting each group's array cost more than to avoid.
 
     def logit(self, msg: ParsedMessage, rule_logit: float = 0.0) -> float:
         """The model's share of the spam logit; the caller adds ``rule_logit`` itself.
@@ -378,10 +373,10 @@ class SpamModel:
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
         ids, groups = _id_sets(msg)
-        z = self.bias + math.fsum(map(self._weight_of, ids)) * _scale(len(ids))  # type: ignore[attr-defined]
+        z = self.bias + _sum(self.weights, ids) * _scale(len(ids))
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
-        nb = [math.fsum(map(self._nb_weight_of, g)) / max(len(g), 1) for g in groups]  # type: ignore[attr-defined]
+        nb = [_sum(self.nb_weights, g) / max(len(g), 1) for g in groups]
         return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
 
     def save(self, path: Path) -> None:
@@ -415,6 +410,10 @@ class SpamModel:
                             npz["stump_left"], npz["stump_right"])
             return cls(npz["weights"].astype(np.float32, copy=False), float(npz["bias"]),
                        npz["nb_weights"].astype(np.float32, copy=False), stumps, float(npz["threshold"]), meta)
+
+
+def _sum(weights: np.ndarray, ids: set[int]) -> float:
+    return math.fsum(weights[np.fromiter(ids, dtype=np.intp, count=len(ids))].tolist())
 
 
 def _scale(n: int) -> float:
