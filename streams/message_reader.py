@@ -14,8 +14,8 @@ on, goes to the feed parser, so the result is the same Message either way.
 from __future__ import annotations
 
 import re
-from email import message_from_bytes
 from email.message import Message
+from email.parser import Parser
 from email.policy import compat32
 
 # Lines end in LF throughout or in CRLF throughout (anything else goes to the feed
@@ -27,12 +27,13 @@ _NAMES_RE = re.compile(r"[!-9;-~]+(?:\n[!-9;-~]+)*")
 
 def read_message(raw: bytes) -> Message:
     """``email.message_from_bytes(raw, policy=compat32)``, sooner for clean single-part mail."""
-    return _read_single_part(raw) or message_from_bytes(raw, policy=compat32)
-
-
-def _read_single_part(raw: bytes) -> Message | None:
-    """The Message the feed parser would build, or None where it might build another."""
+    # Decoded once, as message_from_bytes does before handing the text to the feed parser.
     text = raw.decode("ascii", "surrogateescape")
+    return _read_single_part(text) or Parser(policy=compat32).parsestr(text)
+
+
+def _read_single_part(text: str) -> Message | None:
+    """The Message the feed parser would build, or None where it might build another."""
     first = text.find("\n")
     if first <= 0:
         return None
