@@ -47,7 +47,12 @@ own headers (X-Spam-*, X-Keywords, X-Status) and the headers of the mailing
 lists the collectors subscribed to (List-*, Precedence, Sender, Errors-To)
 would teach it the collection setup instead of the mail, so none of them is
 read. Dates are not features either: the corpus groups were collected at
-different times.
+different times. How much those headers would flatter cross-validation: a
+byte-level context model (compression-style, orders 0-5) over a message's
+first 3,000 bytes, which begin with the collectors' Received lines (92% of
+train.tsv's ham has a fetchmail "with IMAP" one in its first 1,500 bytes, 39%
+of its spam), lifted pooled spam caught at 0.1% ham from 97.7% to 98.4% as a
+second-stage input; over the fields read here and the body it added nothing.
 """
 
 from __future__ import annotations
