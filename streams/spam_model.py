@@ -54,13 +54,14 @@ Spamassassin-Sightings, a list that gathered spam: read, a footer told where
 the corpus was collected, and on a gateway it would let list mail vouch for
 itself, where a spammer can paste one. Over eight fold partitions v8 catches
 97.3% of spam at 0.1% of ham pooled and 97.9% at 0.16% nested, where v7,
-which read them, caught 97.7% and 98.0% at 0.15%. Dates are not features either:
-the corpus groups were collected at different times. How much those headers
-would flatter cross-validation: a byte-level context model (compression-style, orders 0-5) over a message's
-first 3,000 bytes, which begin with the collectors' Received lines (92% of
-train.tsv's ham has a fetchmail "with IMAP" one in its first 1,500 bytes, 39%
-of its spam), lifted pooled spam caught at 0.1% ham from 97.7% to 98.4% as a
-second-stage input; over the fields read here and the body it added nothing.
+which read them, caught 97.7% and 98.0% at 0.15%. Dates are not features
+either: the corpus groups were collected at different times. How much those
+headers would flatter cross-validation: a byte-level context model
+(compression-style, orders 0-5) over a message's first 3,000 bytes, which
+begin with the collectors' Received lines (92% of train.tsv's ham has a
+fetchmail "with IMAP" one in its first 1,500 bytes, 39% of its spam), lifted
+pooled spam caught at 0.1% ham from 97.7% to 98.4% as a second-stage input;
+over the fields read here and the body it added nothing.
 """
 
 from __future__ import annotations
@@ -346,7 +347,7 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
-def _id_sets(msg: ParsedMessage, content: Content) -> tuple[set[int], list[set[int]]]:
+def _id_sets(msg: ParsedMessage, content: Content | None) -> tuple[set[int], list[set[int]]]:
     """Feature indices: all of them, and those of each of NB_GROUPS."""
     groups = [_index_set(g) for g in grouped_tokens(msg, content)]
     return set().union(*groups), groups
@@ -355,7 +356,7 @@ def _id_sets(msg: ParsedMessage, content: Content) -> tuple[set[int], list[set[i
 def grouped_features(msg: ParsedMessage, content: Content | None = None) -> tuple[list[int], list[list[int]]]:
     """All feature indices, and those of each of NB_GROUPS, sorted: training sums a
     message's weights in this order in every process."""
-    ids, groups = _id_sets(msg, sender_content(msg) if content is None else content)
+    ids, groups = _id_sets(msg, content)
     return sorted(ids), [sorted(g) for g in groups]
 
 
