@@ -102,6 +102,18 @@ def test_the_closing_words_are_tokens_of_their_own():
     assert {"bl:to", "bl:leave", "bl:reply", "bl:remove"} <= short
 
 
+def test_long_words_share_a_stem_and_numbers_count_by_their_shape():
+    body, *_ = grouped_tokens(parse(plain_message(
+        body="Refinancing today: call 1-800-555-0199 and save 25% or 19.95 on rates")))
+    assert {"refinancing", "p:refin"} <= body
+    other, *_ = grouped_tokens(parse(plain_message(body="we refinanced it")))
+    assert "p:refin" in other
+    # Words shorter than STEM_MIN_CHARS have no stem of their own.
+    assert not {"p:today", "p:rates"} & body
+    assert {"d:9-9+-9+-9+", "d:9+%", "d:9+.9+"} <= body
+    assert {t for t in body if t.startswith("d:")} == {"d:9-9+-9+-9+", "d:9+%", "d:9+.9+"}
+
+
 def test_a_shape_is_character_classes_with_runs_collapsed():
     assert _shape("a1b2c3@x") == "a9a9a9@a"
     assert _shape("Bob.Smith99--2024") == "Aa+.Aa+9+-+9+"
