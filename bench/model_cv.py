@@ -7,10 +7,10 @@ budget that is 3 of its 3,139 ham, so which messages share a fold moves the
 spam caught by up to 2%. This runs the same cross-validation (pooled and
 nested cuts) over N partitions (the first is the one `postwarden train`
 uses; `--start 8` runs p8 onwards instead, to check a change on partitions
-it was not chosen on) and prints each, their mean and their range: judge a change to the
-features or the training by the mean, not by one partition. With more
-folds each fold's models train on more of the corpus, as the shipped model
-does on all of it (10 folds: about 4x the time).
+it was not chosen on) and prints each, their mean and their range: judge a
+change to the features or the training by the mean, not by one partition.
+With more folds each fold's models train on more of the corpus, as the
+shipped model does on all of it (10 folds: about 4x the time).
 
 Reads only the messages listed in train.tsv, as training does.
 """
