@@ -189,6 +189,19 @@ def test_stumps_learn_what_the_first_stage_missed():
     assert set(stumps.feature.tolist()) == {1}
 
 
+def test_averaged_stumps_score_the_mean_of_their_parts():
+    rng = np.random.default_rng(2)
+    inputs = rng.normal(size=(300, 3))
+    y = (inputs[:, 1] + 0.5 * inputs[:, 2] > 0).astype(float)
+    parts = [fit_stumps(inputs, y, np.zeros(300), rounds=20, quantiles=q) for q in (8, 12, 32)]
+    # Grids this different pick different cuts: otherwise the mean would equal each part.
+    assert len({tuple(p.threshold.tolist()) for p in parts}) == 3
+    mean = Stumps.average(parts)
+    assert mean.predict(inputs) == pytest.approx(sum(p.predict(inputs) for p in parts) / 3)
+    for row in inputs[:20]:
+        assert mean(row.tolist()) == pytest.approx(sum(p(row.tolist()) for p in parts) / 3)
+
+
 def test_artifact_from_another_feature_version_is_refused(tmp_path):
     model = SpamModel.load()
     stale = SpamModel(model.weights, model.bias, model.nb_weights, model.stumps, model.threshold,
