@@ -61,9 +61,12 @@ def new_quarantine_command(tenant: str, recipient: str, message_id: str, op: str
 
 
 def _changelog(spec: TopicSpec) -> faust.TopicT:
+    # acks=False as on Faust's own changelogs: no agent reads them, and with acks on
+    # Faust's liveness check took the table's writes for a stalled stream and logged
+    # an error every few seconds from five minutes after start.
     return app.topic(spec.name, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw",
-                     partitions=settings.topic_partitions, compacting=True, internal=False)
+                     partitions=settings.topic_partitions, compacting=True, internal=False, acks=False)
 
 
 def _table(name: str, spec: TopicSpec) -> faust.Table:
