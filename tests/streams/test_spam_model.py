@@ -110,7 +110,6 @@ def test_long_words_share_a_stem_and_numbers_count_by_their_shape():
     assert "p:refin" in other
     # Words shorter than STEM_MIN_CHARS have no stem of their own.
     assert not {"p:today", "p:rates"} & body
-    assert {"d:9-9+-9+-9+", "d:9+%", "d:9+.9+"} <= body
     assert {t for t in body if t.startswith("d:")} == {"d:9-9+-9+-9+", "d:9+%", "d:9+.9+"}
 
 
