@@ -270,40 +270,71 @@ def _second_stage(scores: TokenScores, message_counts: np.ndarray, y: np.ndarray
     return Stumps.average([fit_stumps(inputs, y, scores.lr, STUMP_ROUNDS, quantiles=q) for q in STUMP_GRIDS])
 
 
-def _nested_fold(task: tuple[Rows, np.ndarray, int, int]) -> tuple[Stumps, dict[float, float]]:
-    """Outer fold k's second stage, fitted on inner out-of-fold token scores of the
-    other folds as the shipped one is on the pooled ones, and its cut per ham
-    budget, chosen on those folds."""
+@dataclass(frozen=True)
+class FoldScores:
+    """A fold partition's token scores: each message's out of fold, and per outer
+    fold those of the messages outside it by models fitted on its other folds, which
+    nested CV fits that fold's second stage on. Fitting them takes almost all of
+    cross-validation's time; the second stage is refitted from them in seconds."""
+
+    fold: np.ndarray
+    outer: TokenScores
+    inner: list[TokenScores]  # one per fold in np.unique(fold), rows where fold != k in order
+
+
+def _inner_scores(task: tuple[Rows, np.ndarray, int, int]) -> TokenScores:
     rows, fold, k, iterations = task
     inside = np.flatnonzero(fold != k)
-    mine = rows.take(inside)
-    inner = _out_of_fold(mine, fold[inside], iterations)
-    stumps = _second_stage(inner, mine.message_counts, mine.y)
-    inner_final = inner.lr + stumps.predict(_stage_inputs(inner, mine.message_counts))
-    return stumps, {fpr: choose_threshold(inner_final, mine.y, fpr) for fpr in REPORTED_FPRS}
+    return _out_of_fold(rows.take(inside), fold[inside], iterations)
 
 
-def _nested(rows: Rows, fold: np.ndarray, oof: TokenScores, iterations: int, log: Callable[[str], None],
-            processes: int = 1) -> tuple[np.ndarray, dict[float, tuple[float, float]]]:
-    """Out-of-fold scores of the whole pipeline, and per ham budget the rates on each
-    outer fold at a cut chosen without looking at it."""
-    y = rows.y
+def token_scores(rows: Rows, fold: np.ndarray, iterations: int = ITERATIONS, processes: int = 1,
+                 log: Callable[[str], None] = print) -> FoldScores:
+    """The token models' scores cross-validation needs, fitted in up to ``processes`` processes."""
+    started = time.monotonic()
+    outer = _out_of_fold(rows, fold, iterations, processes)
+    ks = np.unique(fold).tolist()
+    log(f"  {len(ks)}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
+    inner = []
+    tasks = [(rows, fold, k, iterations) for k in ks]
+    for done, scores in enumerate(_in_order(_inner_scores, tasks, processes), 1):
+        inner.append(scores)
+        log(f"  nested fold {done}/{len(ks)} done")
+    return FoldScores(fold, outer, inner)
+
+
+def _fold_stage(task: tuple[TokenScores, np.ndarray, np.ndarray]) -> tuple[Stumps, dict[float, float]]:
+    """An outer fold's second stage, fitted on inner out-of-fold token scores of the
+    other folds as the shipped one is on the pooled ones, and its cut per ham
+    budget, chosen on those folds."""
+    inner, message_counts, y = task
+    stumps = _second_stage(inner, message_counts, y)
+    inner_final = inner.lr + stumps.predict(_stage_inputs(inner, message_counts))
+    return stumps, {fpr: choose_threshold(inner_final, y, fpr) for fpr in REPORTED_FPRS}
+
+
+def stage_cv(rows: Rows, scores: FoldScores, processes: int = 1) -> tuple[np.ndarray, list[OperatingPoint]]:
+    """Out-of-fold scores of the whole pipeline, and its rates per ham budget: at a
+    cut chosen on those scores (pooled) and, per outer fold, at a cut chosen
+    without looking at it (nested)."""
+    y, fold = rows.y, scores.fold
     final = np.zeros(len(y))
     caught = dict.fromkeys(REPORTED_FPRS, 0.0)
     flagged = dict.fromkeys(REPORTED_FPRS, 0.0)
     ks = np.unique(fold).tolist()
-    tasks = [(rows, fold, k, iterations) for k in ks]
-    for done, (k, (stumps, cuts)) in enumerate(zip(ks, _in_order(_nested_fold, tasks, processes)), 1):
+    tasks = [(inner, rows.message_counts[fold != k], y[fold != k]) for k, inner in zip(ks, scores.inner)]
+    for k, (stumps, cuts) in zip(ks, _in_order(_fold_stage, tasks, processes)):
         outside = np.flatnonzero(fold == k)
-        mine = oof.take(outside)
+        mine = scores.outer.take(outside)
         final[outside] = mine.lr + stumps.predict(_stage_inputs(mine, rows.message_counts[outside]))
         for fpr in REPORTED_FPRS:
             hit = final[outside] >= cuts[fpr]
             caught[fpr] += float(hit[y[outside] == 1].sum())
             flagged[fpr] += float(hit[y[outside] == 0].sum())
-        log(f"  nested fold {done}/{len(ks)} done")
     spam, ham = float(y.sum()), float(len(y) - y.sum())
-    return final, {fpr: (caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS}
+    points = [OperatingPoint(fpr, *_rates(final, y, choose_threshold(final, y, fpr)),
+                             caught[fpr] / spam, flagged[fpr] / ham) for fpr in REPORTED_FPRS]
+    return final, points
 
 
 @dataclass(frozen=True)
@@ -350,14 +381,9 @@ def cross_validate(data: TrainingSet, fold: np.ndarray, iterations: int = ITERAT
                    ) -> tuple[TokenScores, np.ndarray, list[OperatingPoint]]:
     """Token models' out-of-fold scores, the whole pipeline's, and its rates per ham
     budget; the folds' models are fitted in up to ``processes`` worker processes."""
-    started = time.monotonic()
-    token_oof = _out_of_fold(data.rows, fold, iterations, processes)
-    log(f"  {len(np.unique(fold))}-fold out-of-fold scores done ({time.monotonic() - started:.0f} s)")
-    oof, nested = _nested(data.rows, fold, token_oof, iterations, log, processes)
-    y = data.rows.y
-    points = [OperatingPoint(fpr, *_rates(oof, y, choose_threshold(oof, y, fpr)), *nested[fpr])
-              for fpr in REPORTED_FPRS]
-    return token_oof, oof, points
+    scores = token_scores(data.rows, fold, iterations, processes, log)
+    oof, points = stage_cv(data.rows, scores, processes)
+    return scores.outer, oof, points
 
 
 def run_training(

@@ -7,10 +7,13 @@ scoring tests add nothing to a shared conftest.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import random
 import time
 import zipfile
 from email.message import EmailMessage
+from pathlib import Path
 
 from dnslib import AAAA, MX, QTYPE, RCODE, RR, TXT, A
 from dnslib.server import BaseResolver, DNSServer
@@ -77,6 +80,31 @@ class ZoneServer:
 class _QuietLogger:
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
+
+
+SPAM_WORDS = "free offer cash prize click claim guaranteed winner credit limited viagra money".split()
+HAM_WORDS = "meeting agenda patch review kernel build release notes lunch tomorrow thanks".split()
+
+
+def training_corpus(tmp_path: Path) -> tuple[Path, Path]:
+    """A manifest of 40 short mails (20 spam) and the corpus directory they are in."""
+    rng = random.Random(7)
+    data = tmp_path / "data"
+    lines = ["sha256\tlabel\tgroup"]
+    for i in range(40):
+        spam = i % 2 == 0
+        words = SPAM_WORDS if spam else HAM_WORDS
+        body = " ".join(rng.choice(words) for _ in range(40))
+        raw = b"From x@y Mon Jan  1 00:00:00 2002\n" + plain_message(body=body, subject=f"note {i}")
+        group = "spam" if spam else "easy_ham"
+        (data / group).mkdir(parents=True, exist_ok=True)
+        (data / group / f"{i:05d}.txt").write_bytes(raw)
+        lines.append(f"{hashlib.sha256(raw).hexdigest()}\t{'spam' if spam else 'ham'}\t{group}")
+    # A corpus file outside the manifest must not be read as training input.
+    (data / "spam" / "held-out.txt").write_bytes(plain_message(body="held out"))
+    manifest = tmp_path / "train.tsv"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest, data
 
 
 def plain_message(body: str = "Hello Bob,\nsee you at lunch.\n", subject: str = "Lunch",

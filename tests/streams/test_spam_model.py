@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 from email.message import EmailMessage
 
@@ -15,10 +14,8 @@ from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_G
                                 _index, _shape, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
                                 grouped_tokens, sender_content, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
-from tests.streams.scoring_fixtures import plain_message
+from tests.streams.scoring_fixtures import HAM_WORDS, SPAM_WORDS, plain_message, training_corpus
 
-SPAM_WORDS = "free offer cash prize click claim guaranteed winner credit limited viagra money".split()
-HAM_WORDS = "meeting agenda patch review kernel build release notes lunch tomorrow thanks".split()
 
 
 def test_shipped_model_loads_with_metadata():
@@ -270,28 +267,8 @@ def test_the_regression_counts_hard_ham_more_and_the_artifact_says_so():
     assert SpamModel.load().meta["hyperparameters"]["hard_ham_weight"] == {"hard_ham": HARD_HAM_WEIGHT}
 
 
-def _corpus(tmp_path):
-    rng = random.Random(7)
-    data = tmp_path / "data"
-    lines = ["sha256\tlabel\tgroup"]
-    for i in range(40):
-        spam = i % 2 == 0
-        words = SPAM_WORDS if spam else HAM_WORDS
-        body = " ".join(rng.choice(words) for _ in range(40))
-        raw = b"From x@y Mon Jan  1 00:00:00 2002\n" + plain_message(body=body, subject=f"note {i}")
-        group = "spam" if spam else "easy_ham"
-        (data / group).mkdir(parents=True, exist_ok=True)
-        (data / group / f"{i:05d}.txt").write_bytes(raw)
-        lines.append(f"{hashlib.sha256(raw).hexdigest()}\t{'spam' if spam else 'ham'}\t{group}")
-    # A corpus file outside the manifest must not be read as training input.
-    (data / "spam" / "held-out.txt").write_bytes(plain_message(body="held out"))
-    manifest = tmp_path / "train.tsv"
-    manifest.write_text("\n".join(lines) + "\n")
-    return manifest, data
-
-
 def test_training_is_reproducible_and_learns(tmp_path):
-    manifest, data = _corpus(tmp_path)
+    manifest, data = training_corpus(tmp_path)
     quiet = lambda line: None  # noqa: E731
     m1, report = run_training(manifest, data, tmp_path / "a.npz", log=quiet, iterations=60)
     # Folds fitted in worker processes give the same artifact as folds fitted in turn.
@@ -309,7 +286,7 @@ def test_training_is_reproducible_and_learns(tmp_path):
 
 
 def test_training_uses_the_folds_it_is_asked_for(tmp_path):
-    manifest, data = _corpus(tmp_path)
+    manifest, data = training_corpus(tmp_path)
     lines: list[str] = []
     model, report = run_training(manifest, data, None, log=lines.append, iterations=20, n_folds=4)
     assert report.folds == 4 and model.meta["hyperparameters"]["folds"] == 4
@@ -318,7 +295,7 @@ def test_training_uses_the_folds_it_is_asked_for(tmp_path):
 
 
 def test_missing_manifest_messages_are_an_error(tmp_path):
-    manifest, data = _corpus(tmp_path)
+    manifest, data = training_corpus(tmp_path)
     manifest.write_text(manifest.read_text() + "0" * 64 + "\tspam\tspam\n")
     with pytest.raises(FileNotFoundError, match="1 of 41"):
         run_training(manifest, data, None, log=lambda line: None, iterations=5)
