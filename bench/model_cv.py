@@ -40,7 +40,6 @@ from streams import spam_model, training  # noqa: E402
 from streams.scoring_engine import rule_offset  # noqa: E402
 
 _data: training.TrainingSet | None = None  # set before the pool forks
-_scores_dir: Path | None = None
 
 
 def _token_models_key(rows: training.Rows, fold: np.ndarray) -> str:
@@ -76,19 +75,18 @@ def _load(path: Path) -> training.FoldScores:
                                    [training.TokenScores(z[f"inner{i}_lr"], z[f"inner{i}_nb"]) for i in range(n)])
 
 
-def _partition(task: tuple[str, int]) -> tuple[str, list[training.OperatingPoint], float, bool]:
+def _partition(task: tuple[str, int, Path | None]) -> tuple[str, list[training.OperatingPoint], float, bool]:
     assert _data is not None
-    salt, n_folds = task
+    salt, n_folds, scores_dir = task
     started = time.monotonic()
     fold = training.folds(_data, salt, n_folds)
     path = None
-    if _scores_dir is not None:
-        path = _scores_dir / f"{salt}-{n_folds}-{_token_models_key(_data.rows, fold)}.npz"
-    reused = path is not None and path.exists()
-    if path is not None and reused:
-        scores = _load(path)
+    if scores_dir is not None:
+        path = scores_dir / f"{salt}-{n_folds}-{_token_models_key(_data.rows, fold)}.npz"
+    if path is not None and path.exists():
+        scores, reused = _load(path), True
     else:
-        scores = training.token_scores(_data.rows, fold, log=lambda line: None)
+        scores, reused = training.token_scores(_data.rows, fold, log=lambda line: None), False
         if path is not None:
             _save(scores, path)
     _, points = training.stage_cv(_data.rows, scores)
@@ -96,7 +94,7 @@ def _partition(task: tuple[str, int]) -> tuple[str, list[training.OperatingPoint
 
 
 def main() -> int:
-    global _data, _scores_dir
+    global _data
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--start", type=int, default=0,
@@ -115,7 +113,6 @@ def main() -> int:
         errors.append(f"--scores {args.scores} is not a directory")
     if errors:
         parser.error("; ".join(errors))
-    _scores_dir = args.scores
     started = time.monotonic()
     examples = training.load_examples(training.default_manifest(), training.default_corpus())
     _data = training.prepare(examples, rule_offset)
@@ -124,7 +121,7 @@ def main() -> int:
     salts = [spam_model.SHIPPED_FOLDS if i == 0 else f"p{i}"
              for i in range(args.start, args.start + args.partitions)]
     with get_context("fork").Pool(args.processes) as pool:
-        results = pool.map(_partition, [(salt, args.folds) for salt in salts])
+        results = pool.map(_partition, [(salt, args.folds, args.scores) for salt in salts])
     print("partition  ham budget  pooled cut: spam (ham)     nested cut: spam (ham)    time")
     for salt, points, seconds, _ in results:
         for op in points:
