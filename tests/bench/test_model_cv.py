@@ -22,6 +22,7 @@ MODEL_CV = Path(__file__).resolve().parents[2] / "bench" / "model_cv.py"
     (["--processes", "0"], "--processes must be at least 1, not 0"),
     (["--partitions", "0"], "--partitions must be at least 1, not 0"),
     (["--start", "-1"], "--start must be at least 0, not -1"),
+    (["--scores", "/nonexistent/scores"], "--scores /nonexistent/scores is not a directory"),
 ])
 def test_bad_arguments_get_one_usage_error(tmp_path, args, error):
     # A corpus that is not there: reaching it would fail differently, so the
