@@ -17,7 +17,6 @@ from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_thr
 from tests.streams.scoring_fixtures import HAM_WORDS, SPAM_WORDS, plain_message, training_corpus
 
 
-
 def test_shipped_model_loads_with_metadata():
     model = SpamModel.load()
     assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
