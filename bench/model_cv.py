@@ -13,9 +13,10 @@ With more folds each fold's models train on more of the corpus, as the
 shipped model does on all of it (10 folds: about 4x the time).
 
 Almost all of the time goes to fitting the token models (regression and
-Bayes). With `--scores DIR` each partition's token scores are kept in DIR and
-reused while the token models' inputs, settings and code are unchanged, so a
-change to the second stage alone is measured in seconds, not minutes.
+Bayes). With `--scores DIR` each partition's token scores are kept in DIR (made
+if missing) and reused while the token models' inputs, settings and code are
+unchanged, so a change to the second stage alone is measured in seconds, not
+minutes.
 
 Reads only the messages listed in train.tsv, as training does.
 """
@@ -109,8 +110,13 @@ def main() -> int:
         errors.append(f"--partitions must be at least 1, not {args.partitions}")
     if args.start < 0:
         errors.append(f"--start must be at least 0, not {args.start}")
-    if args.scores is not None and not args.scores.is_dir():
+    if args.scores is not None and args.scores.exists() and not args.scores.is_dir():
         errors.append(f"--scores {args.scores} is not a directory")
+    if not errors and args.scores is not None:
+        try:
+            args.scores.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            errors.append(f"--scores {args.scores}: cannot make the directory ({exc.strerror})")
     if errors:
         parser.error("; ".join(errors))
     started = time.monotonic()

@@ -22,11 +22,16 @@ MODEL_CV = Path(__file__).resolve().parents[2] / "bench" / "model_cv.py"
     (["--processes", "0"], "--processes must be at least 1, not 0"),
     (["--partitions", "0"], "--partitions must be at least 1, not 0"),
     (["--start", "-1"], "--start must be at least 0, not -1"),
-    (["--scores", "/nonexistent/scores"], "--scores /nonexistent/scores is not a directory"),
+    (["--scores", "{tmp}/file"], "--scores {tmp}/file is not a directory"),
+    (["--scores", "{tmp}/file/scores"], "--scores {tmp}/file/scores: cannot make the directory (Not a directory)"),
+    (["--folds", "1", "--scores", "{tmp}/new"], "--folds must be at least 2, not 1"),
 ])
 def test_bad_arguments_get_one_usage_error(tmp_path, args, error):
     # A corpus that is not there: reaching it would fail differently, so the
     # error below can only come from the argument check.
+    (tmp_path / "file").write_text("not a directory")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    error = error.replace("{tmp}", str(tmp_path))
     env = {"POSTWARDEN_CORPUS_DIR": str(tmp_path / "none"),
            "POSTWARDEN_CORPUS_MANIFEST": str(tmp_path / "none.tsv"), "PATH": "/usr/bin:/bin"}
     proc = subprocess.run([sys.executable, str(MODEL_CV), *args], capture_output=True, text=True,
@@ -34,6 +39,7 @@ def test_bad_arguments_get_one_usage_error(tmp_path, args, error):
     assert proc.returncode == 2
     assert error in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+    assert not (tmp_path / "new").exists()  # refused arguments make nothing
 
 
 def _run(args: list[str], manifest: Path, corpus: Path) -> str:
@@ -51,8 +57,7 @@ def _figures(out: str) -> list[str]:
 
 def test_kept_token_scores_are_reused_and_give_the_same_figures(tmp_path):
     manifest, corpus = training_corpus(tmp_path)
-    kept = tmp_path / "scores"
-    kept.mkdir()
+    kept = tmp_path / "kept" / "scores"  # made by the first run
     args = ["--partitions", "2", "--processes", "1"]
     plain = _run(args, manifest, corpus)
     first = _run([*args, "--scores", str(kept)], manifest, corpus)
