@@ -125,6 +125,31 @@ def test_sender_tokens_compare_from_message_id_and_links():
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
 
 
+def _recipient_tokens(raw: bytes) -> set[str]:
+    return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith("rc:")}
+
+
+def test_recipient_tokens_say_whether_the_sender_named_the_addressee():
+    assert _recipient_tokens(plain_message(body="This issue was sent to Bob@Example.NET.\n")) == {"rc:named"}
+    html = EmailMessage()
+    html["From"], html["To"], html["Subject"] = "Alice <alice@example.org>", "bob@example.net", "News"
+    html.set_content('<p>Sent to <a href="mailto:bob@example.net">you</a></p>', subtype="html")
+    assert _recipient_tokens(html.as_bytes()) == {"rc:named"}
+    assert _recipient_tokens(plain_message()) == {"rc:local"}  # "Hello Bob,"
+    assert _recipient_tokens(plain_message(body="Bobby, the bobsleigh is here.\n")) == set()
+    dotted = plain_message(body="Dear j.doe_2,\n").replace(b"bob@", b"j.doe_2@")
+    assert _recipient_tokens(dotted) == {"rc:local"}
+    assert _recipient_tokens(dotted.replace(b"Dear j", b"Dear aj")) == set()
+    assert _recipient_tokens(plain_message().replace(b"To: bob@example.net\n", b"")) == {"rc:none"}
+    # A local part shorter than three letters is found in too many words to say anything.
+    assert _recipient_tokens(plain_message(body="Hi Al,\n").replace(b"bob@", b"al@")) == set()
+    # The address in a list's footer is the list's, not what its sender wrote.
+    listed = plain_message(body=_LETTER.replace("Bob", "all") + _ILUG_FOOTER)
+    assert _recipient_tokens(listed.replace(b"bob@example.net", b"ilug@linux.ie")) == set()
+    # The address's own words are not tokens: they are the corpus recipients', not a gateway user's.
+    assert not {"bob", "f:bob", "s:bob"} & tokens(parse(plain_message(body="See you.\n")))
+
+
 def test_html_structure_becomes_its_own_token_group():
     markup = ('<html><body><table width=600><tr><td bgcolor="#FFFFFF">'
               '<font size="+2" color="#FF0000">Act now</font>'
