@@ -125,6 +125,26 @@ def test_sender_tokens_compare_from_message_id_and_links():
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
 
 
+def _named_sender_tokens(raw: bytes) -> set[str]:
+    return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith(("fn:", "fdm:"))}
+
+
+def test_sender_tokens_say_whether_the_text_names_the_sender():
+    assert _named_sender_tokens(plain_message()) == {"fn:out", "fdm:out"}
+    assert _named_sender_tokens(plain_message(body="See you,\nALICE\n")) == {"fn:in", "fdm:out"}
+    assert _named_sender_tokens(plain_message(body="Alice's notes\n")) == {"fn:in", "fdm:out"}
+    assert _named_sender_tokens(plain_message(body="Malice aforethought\n")) == {"fn:out", "fdm:out"}
+    assert _named_sender_tokens(plain_message(body="Order at www.example.org\n")) == {"fn:out", "fdm:in"}
+    # No display name, or a name of fewer than three letters: nothing to look for.
+    assert _named_sender_tokens(plain_message(sender="deals@example.org")) == {"fdm:out"}
+    assert _named_sender_tokens(plain_message(sender="Al <al@example.org>", body="Al here\n")) == {"fdm:out"}
+    # Nor is a domain's first label under three letters (ab.com).
+    assert _named_sender_tokens(plain_message(sender="Team Ab <news@ab.com>", body="ab team\n")) == {"fn:in"}
+    # The sender named only in a list's footer is the list's doing.
+    listed = plain_message(body=_LETTER.replace("Alice", "A.") + _ILUG_FOOTER, sender="Ilug Linux <x@linux.ie>")
+    assert _named_sender_tokens(listed) == {"fn:out", "fdm:out"}
+
+
 def _recipient_tokens(raw: bytes) -> set[str]:
     return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith("rc:")}
 
