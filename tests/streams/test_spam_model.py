@@ -125,8 +125,12 @@ def test_sender_tokens_compare_from_message_id_and_links():
     assert "mid:bad" in tokens(parse(plain_message().replace(b"<1234.5678@example.org>", b"no brackets")))
 
 
+def _sender_group_tokens(raw: bytes, *prefixes: str) -> set[str]:
+    return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith(prefixes)}
+
+
 def _named_sender_tokens(raw: bytes) -> set[str]:
-    return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith(("fn:", "fdm:"))}
+    return _sender_group_tokens(raw, "fn:", "fdm:")
 
 
 def test_sender_tokens_say_whether_the_text_names_the_sender():
@@ -146,7 +150,7 @@ def test_sender_tokens_say_whether_the_text_names_the_sender():
 
 
 def _recipient_tokens(raw: bytes) -> set[str]:
-    return {t for t in grouped_tokens(parse(raw))[NB_GROUPS.index("sender")] if t.startswith("rc:")}
+    return _sender_group_tokens(raw, "rc:")
 
 
 def test_recipient_tokens_say_whether_the_sender_named_the_addressee():
