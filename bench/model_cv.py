@@ -119,6 +119,8 @@ def main() -> int:
             errors.append(f"--scores {args.scores}: cannot make the directory ({exc.strerror})")
     if errors:
         parser.error("; ".join(errors))
+    # Progress reaches a log file line by line, not when the run ends.
+    sys.stdout.reconfigure(line_buffering=True)
     started = time.monotonic()
     examples = training.load_examples(training.default_manifest(), training.default_corpus())
     _data = training.prepare(examples, rule_offset)
@@ -126,13 +128,16 @@ def main() -> int:
           f"{time.monotonic() - started:.0f} s")
     salts = [spam_model.SHIPPED_FOLDS if i == 0 else f"p{i}"
              for i in range(args.start, args.start + args.partitions)]
-    with get_context("fork").Pool(args.processes) as pool:
-        results = pool.map(_partition, [(salt, args.folds, args.scores) for salt in salts])
     print("partition  ham budget  pooled cut: spam (ham)     nested cut: spam (ham)    time")
-    for salt, points, seconds, _ in results:
-        for op in points:
-            print(f"{salt:9s}  {op.budget:9.1%}   {op.pooled_caught:7.2%} ({op.pooled_flagged:.2%})"
-                  f"          {op.nested_caught:7.2%} ({op.nested_flagged:.2%})      {seconds:.0f} s")
+    results = []
+    with get_context("fork").Pool(args.processes) as pool:
+        # Each partition's lines as soon as it is done: a run takes many minutes.
+        for salt, points, seconds, reused in pool.imap(_partition, [(salt, args.folds, args.scores)
+                                                                    for salt in salts]):
+            results.append((salt, points, seconds, reused))
+            for op in points:
+                print(f"{salt:9s}  {op.budget:9.1%}   {op.pooled_caught:7.2%} ({op.pooled_flagged:.2%})"
+                      f"          {op.nested_caught:7.2%} ({op.nested_flagged:.2%})      {seconds:.0f} s")
     print(f"over {len(salts)} partitions: mean [min - max]")
     for i, budget in enumerate(training.REPORTED_FPRS):
         cols = []
