@@ -132,9 +132,9 @@ def main() -> int:
     results = []
     with get_context("fork").Pool(args.processes) as pool:
         # Each partition's lines as soon as it is done: a run takes many minutes.
-        for salt, points, seconds, reused in pool.imap(_partition, [(salt, args.folds, args.scores)
-                                                                    for salt in salts]):
-            results.append((salt, points, seconds, reused))
+        for result in pool.imap(_partition, [(salt, args.folds, args.scores) for salt in salts]):
+            results.append(result)
+            salt, points, seconds, _ = result
             for op in points:
                 print(f"{salt:9s}  {op.budget:9.1%}   {op.pooled_caught:7.2%} ({op.pooled_flagged:.2%})"
                       f"          {op.nested_caught:7.2%} ({op.nested_flagged:.2%})      {seconds:.0f} s")
