@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from email.message import EmailMessage
+from email.utils import formatdate, make_msgid
 
 import pytest
 
@@ -107,3 +109,27 @@ def test_cli_train_refuses_bad_arguments_before_reading_the_corpus(tmp_path, cap
     assert args.func(args) == 2
     assert error in capsys.readouterr().err
     assert not out.exists()
+
+
+# A short personal letter, as a mail program sends it in each language's usual charset.
+_LETTERS = {
+    "gb2312": ("周末聚餐", "小明：\n\n周六晚上七点在老地方吃饭，你和小红一起来吧。我已经订好位子了，"
+                         "记得带上上次借的那本书。\n\n如果有变化给我打电话。\n\n王伟\n"),
+    "iso-2022-jp": ("来週の会議について", "田中さん\n\nお疲れ様です。来週火曜日の会議の資料を添付しますので、"
+                                       "事前に目を通しておいてください。\n質問があれば、いつでも連絡してください。\n\n"
+                                       "よろしくお願いします。\n佐藤\n"),
+    "euc-kr": ("주말 모임", "민수야,\n\n이번 토요일 저녁 일곱 시에 늘 가던 식당에서 보자. 자리는 내가 예약해 두었어.\n"
+                        "지난번에 빌려 간 책도 가져와 줘.\n\n지훈\n"),
+}
+
+
+@pytest.mark.parametrize("charset", sorted(_LETTERS))
+def test_a_personal_letter_in_chinese_japanese_or_korean_is_not_spam(engine, charset):
+    """train.tsv has spam in these scripts and no ham: the model must not learn the language as spam (v12)."""
+    subject, body = _LETTERS[charset]
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Wang Wei <wei@example.net>", "alice@example.com", subject
+    msg["Date"], msg["Message-ID"] = formatdate(), make_msgid(domain="example.net")
+    msg.set_content(body, charset=charset)
+    result = engine.score_sync(bytes(msg))
+    assert result.verdict == "clean" and result.spam_score < 25, (result.spam_score, result.rules)

@@ -98,6 +98,24 @@ def test_the_closing_words_are_tokens_of_their_own():
     assert {"bl:to", "bl:leave", "bl:reply", "bl:remove"} <= short
 
 
+def test_words_and_charsets_of_scripts_no_training_ham_uses_are_not_tokens():
+    """train.tsv's mail in Chinese, Japanese or Korean is all spam: those words and
+    charsets would only teach the model that the language is spam (v12)."""
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = "Sato <sato@example.jp>", "bob@example.com", "会議 agenda"
+    msg.set_content("田中さん、来週の会議 agenda は release 4.2 です。\n", charset="iso-2022-jp")
+    groups = grouped_tokens(parse(bytes(msg)))
+    everything = set().union(*groups)
+    assert not [t for t in everything if re.search("[\u3040-\u30ff\u4e00-\u9fff\uac00-\ud7af]", t)]
+    assert not [t for t in everything if t.startswith("cs:")]
+    # What the sender wrote in Latin letters and digits is read as before.
+    assert {"agenda", "release", "d:9.9"} <= groups[0] and "s:agenda" in groups[1]
+    latin = EmailMessage()
+    latin["Subject"] = "Hi"
+    latin.set_content("Café à Paris\n", charset="iso-8859-1")
+    assert {"café", "cs:iso-8859-1"} <= set().union(*grouped_tokens(parse(bytes(latin))))
+
+
 def test_long_words_share_a_stem_and_numbers_count_by_their_shape():
     body, *_ = grouped_tokens(parse(plain_message(
         body="Refinancing today: call 1-800-555-0199 and save 25% or 19.95 on rates")))
