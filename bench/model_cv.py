@@ -47,13 +47,14 @@ def _token_models_key(rows: training.Rows, fold: np.ndarray) -> str:
     """Changes whenever the token scores of this partition could: their inputs,
     the settings they are fitted with, or the code that fits them."""
     digest = hashlib.sha256()
-    matrices = [rows.tok.x, *rows.tok.groups]
+    matrices = [rows.tok.x, *rows.tok.groups, rows.tok.with_grams]
     for array in [fold, rows.y, rows.offset, rows.weight,
                   *(a for m in matrices for a in (m.indptr, m.indices, m.values))]:
         digest.update(np.ascontiguousarray(array).tobytes())
     settings = (training.ITERATIONS, training.L2, training.NB_ALPHA, spam_model.NB_GROUPS, spam_model.DIM)
     digest.update(repr(settings).encode())
     for code in (training.token_scores, training._inner_scores, training._out_of_fold, training._fold_scores,
+                 training._regressions,
                  spam_model.fit, spam_model.fit_nb, spam_model.Matrix):
         digest.update(inspect.getsource(code).encode())
     return digest.hexdigest()[:16]

@@ -60,7 +60,7 @@ STUMP_GRIDS = (12, 16, 20, 24, 32)
 NB_ALPHA = 0.001
 # The corpus's hard ham (commercial newsletters, mail that reads like an offer)
 # is 179 of the 3,139 ham in train.tsv, yet it is the ham that scores highest.
-# The regression counts each such message ten times: over eight fold partitions
+# The regressions count each such message ten times: over eight fold partitions
 # (bench/model_cv.py) that catches 0.2% more spam at the 0.1% cut on pooled
 # out-of-fold scores and 0.1% more in nested CV, where fewer ham overshoot the
 # budget. The Bayes counts are not weighted: a token's weight there is its
@@ -187,18 +187,20 @@ def _rates(scores: np.ndarray, y: np.ndarray, cut: float) -> tuple[float, float]
 
 @dataclass(frozen=True)
 class Tokens:
-    """Per message: all feature indices, and those of each Bayes group (spam_model.NB_GROUPS)."""
+    """Per message: the tokens' feature indices, those of each Bayes group
+    (spam_model.NB_GROUPS), and the second regression's (tokens and character grams)."""
 
     x: Matrix
     groups: list[Matrix]
+    with_grams: Matrix
 
     def take(self, rows: np.ndarray) -> Tokens:
-        return Tokens(self.x.take(rows), [g.take(rows) for g in self.groups])
+        return Tokens(self.x.take(rows), [g.take(rows) for g in self.groups], self.with_grams.take(rows))
 
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per message: the regression's logit (rules included) and the Bayes group averages."""
+    """Per message: the regressions' mean logit (rules included) and the Bayes group averages."""
 
     lr: np.ndarray
     nb: np.ndarray  # one column per group
@@ -222,20 +224,27 @@ class Rows:
                     self.message_counts[idx])
 
 
+def _regressions(x: Matrix, with_grams: Matrix, y: np.ndarray, offset: np.ndarray, weight: np.ndarray,
+                 iterations: int) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]:
+    """Both regressions: over the tokens, and over the tokens and character grams."""
+    return (fit(x, y, offset, L2, iterations, weight), fit(with_grams, y, offset, L2, iterations, weight))
+
+
 def _fold_scores(task: tuple[Rows, np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Fold k's messages' token scores (regression logits, Bayes group averages) by
-    token models fitted on the other folds."""
+    """Fold k's messages' token scores (the regressions' mean logit, Bayes group
+    averages) by token models fitted on the other folds."""
     rows, fold, k, iterations = task
     train_idx = np.flatnonzero(fold != k)
     test_idx = np.flatnonzero(fold == k)
-    train, test = rows.tok.x.take(train_idx), rows.tok.take(test_idx)
+    train, test = rows.tok.take(train_idx), rows.tok.take(test_idx)
     y = rows.y[train_idx]
-    w, b = fit(train, y, rows.offset[train_idx], L2, iterations, rows.weight[train_idx])
+    (w, b), (gw, gb) = _regressions(train.x, train.with_grams, y, rows.offset[train_idx],
+                                    rows.weight[train_idx], iterations)
     # A column's Bayes weight does not depend on the other columns: fitted once
-    # on all of a message's features, averaged per group.
-    nb_w = fit_nb(train, y, NB_ALPHA)
-    return (test.x.dot(w) + b + rows.offset[test_idx],
-            np.column_stack([g.row_means(nb_w) for g in test.groups]))
+    # on all of a message's token features, averaged per group.
+    nb_w = fit_nb(train.x, y, NB_ALPHA)
+    lr = (test.x.dot(w) + b + test.with_grams.dot(gw) + gb) / 2
+    return (lr + rows.offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups]))
 
 
 def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
@@ -352,7 +361,8 @@ def prepare(examples: list[Example],
     grouped = [grouped_features(p, c) for p, c in zip(parsed, contents)]
     feature_rows = [g[0] for g in grouped]
     tok = Tokens(Matrix.from_rows(feature_rows),
-                 [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))])
+                 [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))],
+                 Matrix.from_rows([g[2] for g in grouped]))
     return TrainingSet(examples, Rows(
         tok,
         np.array([1.0 if e.spam else 0.0 for e in examples]),
@@ -408,8 +418,9 @@ def run_training(
     report = CvReport(n_folds, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 
-    w, b = fit(rows.tok.x, y, rows.offset, L2, iterations, rows.weight)
-    w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
+    (w, b), (gw, gb) = _regressions(rows.tok.x, rows.tok.with_grams, y, rows.offset, rows.weight, iterations)
+    for weights in (w, gw):
+        weights[np.abs(weights) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
     nb = fit_nb(rows.tok.x, y, NB_ALPHA)
     stumps = _second_stage(token_oof, rows.message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
@@ -430,7 +441,8 @@ def run_training(
                                            "ham_flagged": round(op.nested_flagged, 5)}
                           for op in points}},
     }
-    model = SpamModel(w.astype(np.float32), float(b), nb.astype(np.float32), stumps, cut, meta)
+    model = SpamModel(w.astype(np.float32), float(b), gw.astype(np.float32), float(gb), nb.astype(np.float32),
+                      stumps, cut, meta)
     if out is not None:
         model.save(out)
         log(f"wrote {out} ({out.stat().st_size // 1024} KiB)")

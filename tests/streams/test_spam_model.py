@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
                                 _index, _shape, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
-                                grouped_tokens, sender_content, tokens)
+                                GRAM_CHARS, gram_tokens, grouped_tokens, sender_content, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import HAM_WORDS, SPAM_WORDS, plain_message, training_corpus
 
@@ -22,6 +22,9 @@ def test_shipped_model_loads_with_metadata():
     assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
     assert model.weights.shape == (DIM,) and model.weights.dtype == np.float32
     assert model.nb_weights.shape == (DIM,) and model.nb_weights.dtype == np.float32
+    assert model.gram_weights.shape == (DIM,) and model.gram_weights.dtype == np.float32
+    # Two regressions fitted on different features: one is not a copy of the other.
+    assert not np.array_equal(model.weights, model.gram_weights)
     assert model.meta["trained_on"]["messages"] > 1000
     assert 0 < model.meta["cv"]["spam_caught"] <= 1
     assert model.stumps.feature.size > 0
@@ -204,7 +207,7 @@ def test_html_structure_becomes_its_own_token_group():
     assert {"ht:table", "ht:font", "ha:font.size", "hv:size=+2", "hv:color=#ff0000", "hv:width=600",
             "hv:bgcolor=#ffffff", "ha:p.style", "hc:display=none", "hc:font-size=1px"} <= html
     assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
-    _, groups = grouped_features(parse(msg.as_bytes()))
+    _, groups, _ = grouped_features(parse(msg.as_bytes()))
     assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
     assert _index("hv:size=+2") not in groups[NB_GROUPS.index("structure")]
 
@@ -266,7 +269,8 @@ def test_averaged_stumps_score_the_mean_of_their_parts():
 
 def test_artifact_from_another_feature_version_is_refused(tmp_path):
     model = SpamModel.load()
-    stale = SpamModel(model.weights, model.bias, model.nb_weights, model.stumps, model.threshold,
+    stale = SpamModel(model.weights, model.bias, model.gram_weights, model.gram_bias, model.nb_weights,
+                      model.stumps, model.threshold,
                       {**model.meta, "feature_version": FEATURE_VERSION + 1})
     stale.save(tmp_path / "stale.npz")
     with pytest.raises(ValueError, match="retrain"):
@@ -285,7 +289,7 @@ def test_naive_bayes_weighs_tokens_by_the_class_they_appear_in():
 
 def test_bayes_groups_split_body_subject_sender_and_structure():
     msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
-    all_ids, groups = grouped_features(msg)
+    all_ids, groups, with_grams = grouped_features(msg)
     assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
     body, subject, sender, structure, markup = (set(g) for g in groups)
     assert {_index("kernel"), _index("patch")} <= body
@@ -294,6 +298,19 @@ def test_bayes_groups_split_body_subject_sender_and_structure():
     assert _index("frd:example.org") in sender and _index("frd:example.org") not in structure
     assert not markup  # a plain-text message
     assert set(all_ids) == body | subject | sender | structure
+    grams = {_index("c4:" + g) for g in ("kern", "patc", "el p", "h at", "ched")}
+    assert grams <= set(with_grams) and set(all_ids) < set(with_grams)
+    assert not grams & set(all_ids)
+
+
+def test_character_grams_read_the_opening_text_with_white_space_as_one_space():
+    assert gram_tokens("free\n\n  offer") == {"c4:" + g for g in
+                                               ("free", "ree ", "ee o", "e of", " off", "offe", "ffer")}
+    long = "a" * GRAM_CHARS + "zzzz"
+    assert gram_tokens(long) == {"c4:aaaa"}  # the grams end with the first GRAM_CHARS characters
+    assert gram_tokens("abc") == set()
+    # Scripts train.tsv's ham never uses are left out, as for every other token.
+    assert gram_tokens("hi \u3053\u3093\u306b\u3061\u306f there") == {"c4: the", "c4:ther", "c4:here"}
 
 
 def test_row_means_of_empty_rows_are_zero():
