@@ -106,6 +106,7 @@ from pathlib import Path
 
 import numpy as np
 
+from streams.gram_hash import code_points, window_crc32
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
@@ -125,6 +126,7 @@ FOOTER_WORDS = 40
 # text's first GRAM_CHARS, with runs of white space read as one space.
 GRAM_CHARS = 1000
 GRAM_LEN = 4
+_GRAM_PREFIX = b"c4:"
 # Words this long also count by their first STEM_CHARS letters (v9).
 STEM_MIN_CHARS = 7
 STEM_CHARS = 5
@@ -164,7 +166,8 @@ _RUN_RE = re.compile(r"(.)\1+")
 # Scripts and charsets none of train.tsv's ham is written in (v12): its 31 messages in
 # Chinese, Japanese or Korean are all spam, so their words and charsets would teach the
 # model that the language is spam. Their tokens are left out; the rest of the mail is read.
-_UNVOUCHED_SCRIPT_RE = re.compile("[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uff00-\uffef]")
+_UNVOUCHED_SCRIPTS = ((0x3040, 0x30FF), (0x3400, 0x4DBF), (0x4E00, 0x9FFF), (0xAC00, 0xD7AF), (0xFF00, 0xFFEF))
+_UNVOUCHED_SCRIPT_RE = re.compile("[" + "".join(f"{chr(a)}-{chr(b)}" for a, b in _UNVOUCHED_SCRIPTS) + "]")
 _UNVOUCHED_CHARSETS = frozenset({
     "big5", "big5-hkscs", "cp932", "cp936", "cp949", "cp950", "euc-jp", "euc-kr", "gb18030", "gb2312", "gbk",
     "hz-gb-2312", "iso-2022-jp", "iso-2022-kr", "ks_c_5601-1987", "shift_jis", "windows-949", "x-gbk"})
@@ -453,12 +456,22 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
-def gram_tokens(text: str) -> set[str]:
-    """The character grams the second regression reads besides the tokens (``text`` is
-    the sender's text, lower-cased): spellings and phrasings that word tokens split
-    apart or never see (v13)."""
+def gram_ids(text: str) -> list[int]:
+    """Feature indices (repeats included) of the character grams the second
+    regression reads besides the tokens (``text`` is the sender's text,
+    lower-cased): spellings and phrasings that word tokens split apart or never
+    see (v13). Each is the index the token "c4:" + gram would have; grams in
+    unvouched scripts are left out like those tokens."""
     flat = " ".join(text.split())[:GRAM_CHARS]
-    return _vouched({"c4:" + flat[i:i + GRAM_LEN] for i in range(len(flat) - GRAM_LEN + 1)})
+    crc = window_crc32(_GRAM_PREFIX, flat, GRAM_LEN)
+    if len(crc) and not flat.isascii():
+        codes = code_points(flat)
+        unvouched = np.zeros(len(codes) + 1, dtype=np.int64)
+        for low, high in _UNVOUCHED_SCRIPTS:
+            unvouched[1:] += (codes >= low) & (codes <= high)
+        np.cumsum(unvouched, out=unvouched)
+        crc = crc[unvouched[GRAM_LEN:] == unvouched[:-GRAM_LEN]]
+    return (crc & MASK).tolist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -476,7 +489,7 @@ def _id_sets(msg: ParsedMessage, content: Content | None) -> FeatureIds:
         content = sender_content(msg)
     groups = [_index_set(g) for g in grouped_tokens(msg, content)]
     ids = set().union(*groups)
-    return FeatureIds(ids, groups, ids | _index_set(gram_tokens(content.text.lower())))
+    return FeatureIds(ids, groups, ids.union(gram_ids(content.text.lower())))
 
 
 def grouped_features(msg: ParsedMessage, content: Content | None = None

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from streams.mime_parser import parse
 from streams.spam_model import (COUNTS, DIM, FEATURE_VERSION, FOOTER_WORDS, NB_GROUPS, Matrix, SpamModel, Stumps,
                                 _index, _shape, counts, features, letter_words, fit, fit_nb, fit_stumps, fold_of, grouped_features,
-                                GRAM_CHARS, gram_tokens, grouped_tokens, sender_content, tokens)
+                                GRAM_CHARS, gram_ids, grouped_tokens, sender_content, tokens)
 from streams.training import HARD_HAM_WEIGHT, REPORTED_FPRS, Example, choose_threshold, prepare, run_training
 from tests.streams.scoring_fixtures import HAM_WORDS, SPAM_WORDS, plain_message, training_corpus
 
@@ -304,13 +304,17 @@ def test_bayes_groups_split_body_subject_sender_and_structure():
 
 
 def test_character_grams_read_the_opening_text_with_white_space_as_one_space():
-    assert gram_tokens("free\n\n  offer") == {"c4:" + g for g in
-                                               ("free", "ree ", "ee o", "e of", " off", "offe", "ffer")}
+    def grams(*texts: str) -> set[int]:
+        return {_index("c4:" + t) for t in texts}
+
+    assert set(gram_ids("free\n\n  offer")) == grams("free", "ree ", "ee o", "e of", " off", "offe", "ffer")
     long = "a" * GRAM_CHARS + "zzzz"
-    assert gram_tokens(long) == {"c4:aaaa"}  # the grams end with the first GRAM_CHARS characters
-    assert gram_tokens("abc") == set()
+    assert gram_ids(long) == [_index("c4:aaaa")] * (GRAM_CHARS - 3)  # they end with the first GRAM_CHARS
+    assert gram_ids("abc") == []
     # Scripts train.tsv's ham never uses are left out, as for every other token.
-    assert gram_tokens("hi \u3053\u3093\u306b\u3061\u306f there") == {"c4: the", "c4:ther", "c4:here"}
+    assert set(gram_ids("hi \u3053\u3093\u306b\u3061\u306f there")) == grams(" the", "ther", "here")
+    assert set(gram_ids("caf\u00e9 cr\u00e8me")) == grams("caf\u00e9", "af\u00e9 ", "f\u00e9 c", "\u00e9 cr",
+                                                         " cr\u00e8", "cr\u00e8m", "r\u00e8me")
 
 
 def test_row_means_of_empty_rows_are_zero():
