@@ -6,8 +6,8 @@ each; this gives the same values (so an artifact trained on either agrees with
 both) for a few numpy operations per text. CRC-32 is affine in its input bits:
 over windows of one width after a fixed prefix, a window's CRC is a constant
 XORed with one table entry per byte position, looked up for all windows at
-once. Windows with a non-ASCII character, whose UTF-8 is longer than the
-window, are hashed by zlib one by one.
+once. Windows with a non-ASCII character, whose UTF-8 takes more than a byte
+per character, are hashed by zlib one by one.
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def code_points(text: str) -> np.ndarray:
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype="<u4")
 
 
+def windows_touching(marked: np.ndarray, width: int) -> np.ndarray:
+    """For every ``width`` consecutive positions, in order: whether any is ``marked``."""
+    seen = np.zeros(len(marked) + 1, dtype=np.int64)
+    np.cumsum(marked, out=seen[1:])
+    return seen[width:] != seen[:-width]
+
+
 def window_crc32(prefix: bytes, text: str, width: int) -> np.ndarray:
     """zlib.crc32(prefix + the UTF-8 of ``text[i:i + width]``) for every i, in order."""
     n = len(text) - width + 1
@@ -48,9 +55,7 @@ def window_crc32(prefix: bytes, text: str, width: int) -> np.ndarray:
     for j in range(width):
         crc ^= tables[j][low[j:j + n]]
     if codes.dtype != np.uint8:
-        wide = np.zeros(len(codes) + 1, dtype=np.int64)
-        np.cumsum(codes >= 0x80, out=wide[1:])
         start = zlib.crc32(prefix)
-        for i in np.flatnonzero(wide[width:] != wide[:-width]).tolist():
+        for i in np.flatnonzero(windows_touching(codes >= 0x80, width)).tolist():
             crc[i] = zlib.crc32(text[i:i + width].encode("utf-8", "surrogatepass"), start)
     return crc

@@ -106,7 +106,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streams.gram_hash import code_points, window_crc32
+from streams.gram_hash import code_points, window_crc32, windows_touching
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
@@ -466,11 +466,10 @@ def gram_ids(text: str) -> list[int]:
     crc = window_crc32(_GRAM_PREFIX, flat, GRAM_LEN)
     if len(crc) and not flat.isascii():
         codes = code_points(flat)
-        unvouched = np.zeros(len(codes) + 1, dtype=np.int64)
+        unvouched = np.zeros(len(codes), dtype=bool)
         for low, high in _UNVOUCHED_SCRIPTS:
-            unvouched[1:] += (codes >= low) & (codes <= high)
-        np.cumsum(unvouched, out=unvouched)
-        crc = crc[unvouched[GRAM_LEN:] == unvouched[:-GRAM_LEN]]
+            unvouched |= (codes >= low) & (codes <= high)
+        crc = crc[~windows_touching(unvouched, GRAM_LEN)]
     return (crc & MASK).tolist()
 
 

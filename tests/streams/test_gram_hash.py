@@ -4,7 +4,7 @@ import numpy as np
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from streams.gram_hash import code_points, window_crc32
+from streams.gram_hash import code_points, window_crc32, windows_touching
 
 # ASCII, two-, three- and four-byte UTF-8, the edges between them and lone surrogates.
 _CHARS = st.sampled_from(["a", "Z", " ", "\x00", "\x7f", "\x80", "\u00e9", "\u07ff", "\u0800", "\u3053",
@@ -29,3 +29,10 @@ def test_every_window_hashes_as_zlib_hashes_its_utf8(text: str, prefix: bytes, w
 def test_code_points_keep_lone_surrogates_and_astral_characters():
     assert code_points("a\ud800\U0001f600").tolist() == [0x61, 0xD800, 0x1F600]
     assert code_points("plain").tolist() == [ord(c) for c in "plain"]
+
+
+def test_windows_touching_a_marked_position():
+    marked = np.array([False, False, True, False, False, False])
+    assert windows_touching(marked, 2).tolist() == [False, True, True, False, False]
+    assert windows_touching(marked, 6).tolist() == [True]
+    assert windows_touching(marked, 7).tolist() == []
