@@ -54,7 +54,6 @@ def _token_models_key(rows: training.Rows, fold: np.ndarray) -> str:
     settings = (training.ITERATIONS, training.L2, training.NB_ALPHA, spam_model.NB_GROUPS, spam_model.DIM)
     digest.update(repr(settings).encode())
     for code in (training.token_scores, training._inner_scores, training._out_of_fold, training._fold_scores,
-                 training._regressions,
                  spam_model.fit, spam_model.fit_nb, spam_model.Matrix):
         digest.update(inspect.getsource(code).encode())
     return digest.hexdigest()[:16]

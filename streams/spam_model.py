@@ -9,11 +9,9 @@ presentation values (font sizes, colours, widths, inline styles).
 
 Two kinds of token model read the same hashed features: logistic regression,
 and a naive Bayes whose smoothing is tiny, so that a token seen in only one
-class weighs heavily. There are two regressions (v13): one over the tokens,
-and one over the tokens and the character 4-grams of the sender's text's
-first 1,000 characters; the token score is the mean of their logits. The
-second alone catches less spam than the first, but they err on different
-mail, and their mean ranks the ham that scores highest below more spam
+class weighs heavily. The regression (v14) reads, besides the tokens, the
+character 4-grams of the sender's text's last 1,000 characters: spellings and
+phrasings that words split apart, where an offer ends in its call to act
 (figures below). The Bayes evidence is averaged separately over the body's, the
 subject's, the sender's (From, Reply-To, Message-ID, mailer, whether the text
 names the addressee and the sender), the structure's (MIME parts, headers
@@ -110,7 +108,7 @@ from streams.gram_hash import code_points, window_crc32, windows_touching
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
-FEATURE_VERSION = 13
+FEATURE_VERSION = 14
 # 2^22 columns, not 2^20 (v6): fewer tokens share a weight (bench/model_cv.py).
 DIM_BITS = 22
 DIM = 1 << DIM_BITS
@@ -122,8 +120,8 @@ _ADDR_DOMAIN_RE = re.compile(r"@([\w.-]+)")
 _HOST_RE = re.compile(r"^(?:https?://)?(?:[^@/?#]*@)?([^:/?#]+)", re.I)
 MAX_BODY_CHARS = 20_000
 FOOTER_WORDS = 40
-# The second regression's character grams (v13): GRAM_LEN characters of the sender's
-# text's first GRAM_CHARS, with runs of white space read as one space.
+# The regression's character grams (v14): GRAM_LEN characters of the sender's text's
+# last GRAM_CHARS, with runs of white space read as one space.
 GRAM_CHARS = 1000
 GRAM_LEN = 4
 _GRAM_PREFIX = b"c4:"
@@ -457,12 +455,13 @@ def tokens(msg: ParsedMessage) -> set[str]:
 
 
 def gram_ids(text: str) -> list[int]:
-    """Feature indices (repeats included) of the character grams the second
-    regression reads besides the tokens (``text`` is the sender's text,
-    lower-cased): spellings and phrasings that word tokens split apart or never
-    see (v13). Each is the index the token "c4:" + gram would have; grams in
-    unvouched scripts are left out like those tokens."""
-    flat = " ".join(text.split())[:GRAM_CHARS]
+    """Feature indices (repeats included) of the character grams the regression
+    reads besides the tokens (``text`` is the sender's text, lower-cased):
+    spellings and phrasings that word tokens split apart or never see, in the
+    text's closing part, where an offer ends in its call to act (v14). Each is
+    the index the token "c4:" + gram would have; grams in unvouched scripts are
+    left out like those tokens."""
+    flat = " ".join(text.split())[-GRAM_CHARS:]
     crc = window_crc32(_GRAM_PREFIX, flat, GRAM_LEN)
     if len(crc) and not flat.isascii():
         codes = code_points(flat)
@@ -476,7 +475,7 @@ def gram_ids(text: str) -> list[int]:
 @dataclass(frozen=True, slots=True)
 class FeatureIds:
     """A message's feature indices: the tokens', each NB_GROUPS group's, and the
-    second regression's (the tokens' and the character grams')."""
+    regression's (the tokens' and the character grams')."""
 
     ids: set[int]
     groups: list[set[int]]
@@ -493,7 +492,7 @@ def _id_sets(msg: ParsedMessage, content: Content | None) -> FeatureIds:
 
 def grouped_features(msg: ParsedMessage, content: Content | None = None
                      ) -> tuple[list[int], list[list[int]], list[int]]:
-    """The tokens' feature indices, those of each of NB_GROUPS, and the second
+    """The tokens' feature indices, those of each of NB_GROUPS, and the
     regression's, sorted: training sums a message's weights in this order in every
     process."""
     f = _id_sets(msg, content)
@@ -574,21 +573,19 @@ class Stumps:
 
 @dataclass(frozen=True)
 class SpamModel:
-    """Weights of the token models (two regressions, one of them reading character
-    grams as well, and the Bayes), second-stage stumps, the shipped cut and what they
-    were trained on."""
+    """Weights of the token models (the regression, which reads character grams as
+    well, and the Bayes), second-stage stumps, the shipped cut and what they were
+    trained on."""
 
     weights: np.ndarray
     bias: float
-    gram_weights: np.ndarray
-    gram_bias: float
     nb_weights: np.ndarray
     stumps: Stumps
     # Logit of the default level: subtracted so that 0 (spam score 50) is the cut.
     threshold: float
     meta: dict
 
-    # The weights stay float32 as shipped (48 MB for the three at 2^22 columns, where float64
+    # The weights stay float32 as shipped (32 MB for the two at 2^22 columns, where float64
     # copies would double it per worker, and Python lists of millions of floats cost
     # hundreds of MB). A message's few hundred weights are gathered by numpy and
     # summed by math.fsum: exactly rounded, so the sum does not depend on the order
@@ -601,8 +598,7 @@ class SpamModel:
         """
         content = sender_content(msg)
         f = _id_sets(msg, content)
-        z = (self.bias + _sum(self.weights, f.ids) * _scale(len(f.ids))
-             + self.gram_bias + _sum(self.gram_weights, f.with_grams) * _scale(len(f.with_grams))) / 2
+        z = self.bias + _sum(self.weights, f.with_grams) * _scale(len(f.with_grams))
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
         nb = [_sum(self.nb_weights, g) / max(len(g), 1) for g in f.groups]
@@ -612,7 +608,6 @@ class SpamModel:
         buf = io.BytesIO()
         np.savez_compressed(
             buf, weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
-            gram_weights=self.gram_weights.astype(np.float32), gram_bias=np.float64(self.gram_bias),
             nb_weights=self.nb_weights.astype(np.float32),
             threshold=np.float64(self.threshold),
             stump_feature=self.stumps.feature.astype(np.int16),
@@ -639,7 +634,6 @@ class SpamModel:
             stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
                             npz["stump_left"], npz["stump_right"])
             return cls(npz["weights"].astype(np.float32, copy=False), float(npz["bias"]),
-                       npz["gram_weights"].astype(np.float32, copy=False), float(npz["gram_bias"]),
                        npz["nb_weights"].astype(np.float32, copy=False), stumps, float(npz["threshold"]), meta)
 
 

@@ -188,7 +188,7 @@ def _rates(scores: np.ndarray, y: np.ndarray, cut: float) -> tuple[float, float]
 @dataclass(frozen=True)
 class Tokens:
     """Per message: the tokens' feature indices, those of each Bayes group
-    (spam_model.NB_GROUPS), and the second regression's (tokens and character grams)."""
+    (spam_model.NB_GROUPS), and the regression's (tokens and character grams)."""
 
     x: Matrix
     groups: list[Matrix]
@@ -200,7 +200,7 @@ class Tokens:
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per message: the regressions' mean logit (rules included) and the Bayes group averages."""
+    """Per message: the regression's logit (rules included) and the Bayes group averages."""
 
     lr: np.ndarray
     nb: np.ndarray  # one column per group
@@ -224,27 +224,19 @@ class Rows:
                     self.message_counts[idx])
 
 
-def _regressions(x: Matrix, with_grams: Matrix, y: np.ndarray, offset: np.ndarray, weight: np.ndarray,
-                 iterations: int) -> tuple[tuple[np.ndarray, float], tuple[np.ndarray, float]]:
-    """Both regressions: over the tokens, and over the tokens and character grams."""
-    return (fit(x, y, offset, L2, iterations, weight), fit(with_grams, y, offset, L2, iterations, weight))
-
-
 def _fold_scores(task: tuple[Rows, np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Fold k's messages' token scores (the regressions' mean logit, Bayes group
+    """Fold k's messages' token scores (the regression's logit, Bayes group
     averages) by token models fitted on the other folds."""
     rows, fold, k, iterations = task
     train_idx = np.flatnonzero(fold != k)
     test_idx = np.flatnonzero(fold == k)
     train, test = rows.tok.take(train_idx), rows.tok.take(test_idx)
     y = rows.y[train_idx]
-    (w, b), (gw, gb) = _regressions(train.x, train.with_grams, y, rows.offset[train_idx],
-                                    rows.weight[train_idx], iterations)
+    w, b = fit(train.with_grams, y, rows.offset[train_idx], L2, iterations, rows.weight[train_idx])
     # A column's Bayes weight does not depend on the other columns: fitted once
     # on all of a message's token features, averaged per group.
     nb_w = fit_nb(train.x, y, NB_ALPHA)
-    lr = (test.x.dot(w) + b + test.with_grams.dot(gw) + gb) / 2
-    return (lr + rows.offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups]))
+    return (test.with_grams.dot(w) + b + rows.offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups]))
 
 
 def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
@@ -418,9 +410,8 @@ def run_training(
     report = CvReport(n_folds, int(y.sum()), int(len(y) - y.sum()), cut, caught, flagged,
                       caught_half, flagged_half, by_group, points)
 
-    (w, b), (gw, gb) = _regressions(rows.tok.x, rows.tok.with_grams, y, rows.offset, rows.weight, iterations)
-    for weights in (w, gw):
-        weights[np.abs(weights) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
+    w, b = fit(rows.tok.with_grams, y, rows.offset, L2, iterations, rows.weight)
+    w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
     nb = fit_nb(rows.tok.x, y, NB_ALPHA)
     stumps = _second_stage(token_oof, rows.message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
@@ -441,8 +432,7 @@ def run_training(
                                            "ham_flagged": round(op.nested_flagged, 5)}
                           for op in points}},
     }
-    model = SpamModel(w.astype(np.float32), float(b), gw.astype(np.float32), float(gb), nb.astype(np.float32),
-                      stumps, cut, meta)
+    model = SpamModel(w.astype(np.float32), float(b), nb.astype(np.float32), stumps, cut, meta)
     if out is not None:
         model.save(out)
         log(f"wrote {out} ({out.stat().st_size // 1024} KiB)")

@@ -22,9 +22,11 @@ def test_shipped_model_loads_with_metadata():
     assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
     assert model.weights.shape == (DIM,) and model.weights.dtype == np.float32
     assert model.nb_weights.shape == (DIM,) and model.nb_weights.dtype == np.float32
-    assert model.gram_weights.shape == (DIM,) and model.gram_weights.dtype == np.float32
-    # Two regressions fitted on different features: one is not a copy of the other.
-    assert not np.array_equal(model.weights, model.gram_weights)
+    # The regression reads character grams, which no Bayes group holds: it has weights where the Bayes has none.
+    raw = plain_message(body="Click below to claim your exclusive reward today.")
+    _, groups, with_grams = grouped_features(parse(raw))
+    grams_only = np.array(sorted(set(with_grams).difference(*groups)))
+    assert grams_only.size and np.count_nonzero(model.weights[grams_only]) > 0
     assert model.meta["trained_on"]["messages"] > 1000
     assert 0 < model.meta["cv"]["spam_caught"] <= 1
     assert model.stumps.feature.size > 0
@@ -269,8 +271,7 @@ def test_averaged_stumps_score_the_mean_of_their_parts():
 
 def test_artifact_from_another_feature_version_is_refused(tmp_path):
     model = SpamModel.load()
-    stale = SpamModel(model.weights, model.bias, model.gram_weights, model.gram_bias, model.nb_weights,
-                      model.stumps, model.threshold,
+    stale = SpamModel(model.weights, model.bias, model.nb_weights, model.stumps, model.threshold,
                       {**model.meta, "feature_version": FEATURE_VERSION + 1})
     stale.save(tmp_path / "stale.npz")
     with pytest.raises(ValueError, match="retrain"):
@@ -303,13 +304,13 @@ def test_bayes_groups_split_body_subject_sender_and_structure():
     assert not grams & set(all_ids)
 
 
-def test_character_grams_read_the_opening_text_with_white_space_as_one_space():
+def test_character_grams_read_the_closing_text_with_white_space_as_one_space():
     def grams(*texts: str) -> set[int]:
         return {_index("c4:" + t) for t in texts}
 
     assert set(gram_ids("free\n\n  offer")) == grams("free", "ree ", "ee o", "e of", " off", "offe", "ffer")
-    long = "a" * GRAM_CHARS + "zzzz"
-    assert gram_ids(long) == [_index("c4:aaaa")] * (GRAM_CHARS - 3)  # they end with the first GRAM_CHARS
+    long = "zzzz" + "a" * GRAM_CHARS
+    assert gram_ids(long) == [_index("c4:aaaa")] * (GRAM_CHARS - 3)  # they begin with the last GRAM_CHARS
     assert gram_ids("abc") == []
     # Scripts train.tsv's ham never uses are left out, as for every other token.
     assert set(gram_ids("hi \u3053\u3093\u306b\u3061\u306f there")) == grams(" the", "ther", "here")
