@@ -47,7 +47,7 @@ def _token_models_key(rows: training.Rows, fold: np.ndarray) -> str:
     """Changes whenever the token scores of this partition could: their inputs,
     the settings they are fitted with, or the code that fits them."""
     digest = hashlib.sha256()
-    matrices = [rows.tok.x, *rows.tok.groups, rows.tok.with_grams]
+    matrices = [rows.tok.x, *rows.tok.groups, rows.tok.with_grams, rows.tok.grams]
     for array in [fold, rows.y, rows.offset, rows.weight,
                   *(a for m in matrices for a in (m.indptr, m.indices, m.values))]:
         digest.update(np.ascontiguousarray(array).tobytes())

@@ -17,7 +17,11 @@ subject's, the sender's (From, Reply-To, Message-ID, mailer, whether the text
 names the addressee and the sender), the structure's (MIME parts, headers
 present, link domains) and the HTML markup's tokens: a newsletter's body reads
 like spam while its sender and structure do not, and its HTML is made by
-publishing tools where spam's is made by hand or by spam kits. They err on
+publishing tools where spam's is made by hand or by spam kits. A sixth Bayes
+average (v15) reads the character 4-grams of all the sender's text, with
+weights of their own: where the regression spreads weight over a few hundred
+grams, the Bayes trusts the rare ones, such as the phrasing of one spam
+campaign seen once in training. They err on
 different mail (the regression spreads weight over common tokens, the Bayes
 trusts rare ones), so a second stage combines them with a few counts (links,
 words, links per 100 words, capitals, HTML share, parts, subject length):
@@ -108,7 +112,7 @@ from streams.gram_hash import code_points, window_crc32, windows_touching
 from streams.mime_parser import ParsedMessage, first_address
 
 # Bumped whenever features or the artifact layout change: older artifacts are refused.
-FEATURE_VERSION = 14
+FEATURE_VERSION = 15
 # 2^22 columns, not 2^20 (v6): fewer tokens share a weight (bench/model_cv.py).
 DIM_BITS = 22
 DIM = 1 << DIM_BITS
@@ -454,32 +458,38 @@ def tokens(msg: ParsedMessage) -> set[str]:
     return set().union(*grouped_tokens(msg))
 
 
-def gram_ids(text: str) -> list[int]:
-    """Feature indices (repeats included) of the character grams the regression
-    reads besides the tokens (``text`` is the sender's text, lower-cased):
-    spellings and phrasings that word tokens split apart or never see, in the
-    text's closing part, where an offer ends in its call to act (v14). Each is
-    the index the token "c4:" + gram would have; grams in unvouched scripts are
-    left out like those tokens."""
-    flat = " ".join(text.split())[-GRAM_CHARS:]
+def gram_ids(text: str) -> tuple[list[int], list[int]]:
+    """Feature indices (repeats included) of the character grams of ``text`` (the
+    sender's text, lower-cased), all of them and those of its last GRAM_CHARS
+    characters: spellings and phrasings that word tokens split apart or never
+    see. The Bayes reads all (v15), the regression the closing part's, where an
+    offer ends in its call to act (v14). Each is the index the token "c4:" +
+    gram would have; grams in unvouched scripts are left out like those tokens."""
+    flat = " ".join(text.split())
     crc = window_crc32(_GRAM_PREFIX, flat, GRAM_LEN)
+    # The last GRAM_CHARS characters hold the last GRAM_CHARS - GRAM_LEN + 1 windows.
+    tail = np.arange(len(crc)) >= len(crc) - (GRAM_CHARS - GRAM_LEN + 1)
     if len(crc) and not flat.isascii():
         codes = code_points(flat)
         unvouched = np.zeros(len(codes), dtype=bool)
         for low, high in _UNVOUCHED_SCRIPTS:
             unvouched |= (codes >= low) & (codes <= high)
-        crc = crc[~windows_touching(unvouched, GRAM_LEN)]
-    return (crc & MASK).tolist()
+        vouched = ~windows_touching(unvouched, GRAM_LEN)
+        crc, tail = crc[vouched], tail[vouched]
+    ids = crc & MASK
+    return ids.tolist(), ids[tail].tolist()
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureIds:
-    """A message's feature indices: the tokens', each NB_GROUPS group's, and the
-    regression's (the tokens' and the character grams')."""
+    """A message's feature indices: the tokens', each NB_GROUPS group's, the
+    regression's (the tokens' and the closing text's character grams') and all
+    the text's character grams."""
 
     ids: set[int]
     groups: list[set[int]]
     with_grams: set[int]
+    grams: set[int]
 
 
 def _id_sets(msg: ParsedMessage, content: Content | None) -> FeatureIds:
@@ -487,24 +497,25 @@ def _id_sets(msg: ParsedMessage, content: Content | None) -> FeatureIds:
         content = sender_content(msg)
     groups = [_index_set(g) for g in grouped_tokens(msg, content)]
     ids = set().union(*groups)
-    return FeatureIds(ids, groups, ids.union(gram_ids(content.text.lower())))
+    grams, closing = gram_ids(content.text.lower())
+    return FeatureIds(ids, groups, ids.union(closing), set(grams))
 
 
 def grouped_features(msg: ParsedMessage, content: Content | None = None
-                     ) -> tuple[list[int], list[list[int]], list[int]]:
-    """The tokens' feature indices, those of each of NB_GROUPS, and the
-    regression's, sorted: training sums a message's weights in this order in every
-    process."""
+                     ) -> tuple[list[int], list[list[int]], list[int], list[int]]:
+    """The tokens' feature indices, those of each of NB_GROUPS, the regression's and
+    the text's character grams', sorted: training sums a message's weights in this
+    order in every process."""
     f = _id_sets(msg, content)
-    return sorted(f.ids), [sorted(g) for g in f.groups], sorted(f.with_grams)
+    return sorted(f.ids), [sorted(g) for g in f.groups], sorted(f.with_grams), sorted(f.grams)
 
 
 def features(msg: ParsedMessage) -> list[int]:
     return grouped_features(msg)[0]
 
 
-# Inputs of the second stage after the regression's logit (with the rules') and the
-# Bayes averages of NB_GROUPS, in order.
+# Inputs of the second stage after the regression's logit (with the rules'), the
+# Bayes averages of NB_GROUPS and that of the text's character grams, in order.
 COUNTS = ("urls", "url_hosts", "words", "capitals_share", "html_share", "features", "parts",
           "subject_chars", "urls_per_100_words")
 
@@ -574,18 +585,19 @@ class Stumps:
 @dataclass(frozen=True)
 class SpamModel:
     """Weights of the token models (the regression, which reads character grams as
-    well, and the Bayes), second-stage stumps, the shipped cut and what they were
-    trained on."""
+    well, the tokens' Bayes and the character grams' Bayes), second-stage stumps,
+    the shipped cut and what they were trained on."""
 
     weights: np.ndarray
     bias: float
     nb_weights: np.ndarray
+    gram_nb_weights: np.ndarray
     stumps: Stumps
     # Logit of the default level: subtracted so that 0 (spam score 50) is the cut.
     threshold: float
     meta: dict
 
-    # The weights stay float32 as shipped (32 MB for the two at 2^22 columns, where float64
+    # The weights stay float32 as shipped (48 MB for the three at 2^22 columns, where float64
     # copies would double it per worker, and Python lists of millions of floats cost
     # hundreds of MB). A message's few hundred weights are gathered by numpy and
     # summed by math.fsum: exactly rounded, so the sum does not depend on the order
@@ -602,6 +614,7 @@ class SpamModel:
         # The mean evidence per token: a sum (or one scaled like the regression's)
         # lets long ham pile up spam-like rare tokens.
         nb = [_sum(self.nb_weights, g) / max(len(g), 1) for g in f.groups]
+        nb.append(_sum(self.gram_nb_weights, f.grams) / max(len(f.grams), 1))
         return z + self.stumps([z + rule_logit, *nb, *counts(msg, len(f.ids), content)]) - self.threshold
 
     def save(self, path: Path) -> None:
@@ -609,6 +622,7 @@ class SpamModel:
         np.savez_compressed(
             buf, weights=self.weights.astype(np.float32), bias=np.float64(self.bias),
             nb_weights=self.nb_weights.astype(np.float32),
+            gram_nb_weights=self.gram_nb_weights.astype(np.float32),
             threshold=np.float64(self.threshold),
             stump_feature=self.stumps.feature.astype(np.int16),
             stump_threshold=self.stumps.threshold.astype(np.float64),
@@ -634,7 +648,8 @@ class SpamModel:
             stumps = Stumps(npz["stump_feature"].astype(np.int64), npz["stump_threshold"],
                             npz["stump_left"], npz["stump_right"])
             return cls(npz["weights"].astype(np.float32, copy=False), float(npz["bias"]),
-                       npz["nb_weights"].astype(np.float32, copy=False), stumps, float(npz["threshold"]), meta)
+                       npz["nb_weights"].astype(np.float32, copy=False),
+                       npz["gram_nb_weights"].astype(np.float32, copy=False), stumps, float(npz["threshold"]), meta)
 
 
 def _sum(weights: np.ndarray, ids: set[int]) -> float:

@@ -60,7 +60,7 @@ STUMP_GRIDS = (12, 16, 20, 24, 32)
 NB_ALPHA = 0.001
 # The corpus's hard ham (commercial newsletters, mail that reads like an offer)
 # is 179 of the 3,139 ham in train.tsv, yet it is the ham that scores highest.
-# The regressions count each such message ten times: over eight fold partitions
+# The regression counts each such message ten times: over eight fold partitions
 # (bench/model_cv.py) that catches 0.2% more spam at the 0.1% cut on pooled
 # out-of-fold scores and 0.1% more in nested CV, where fewer ham overshoot the
 # budget. The Bayes counts are not weighted: a token's weight there is its
@@ -188,19 +188,23 @@ def _rates(scores: np.ndarray, y: np.ndarray, cut: float) -> tuple[float, float]
 @dataclass(frozen=True)
 class Tokens:
     """Per message: the tokens' feature indices, those of each Bayes group
-    (spam_model.NB_GROUPS), and the regression's (tokens and character grams)."""
+    (spam_model.NB_GROUPS), the regression's (tokens and the closing text's
+    character grams) and the text's character grams."""
 
     x: Matrix
     groups: list[Matrix]
     with_grams: Matrix
+    grams: Matrix
 
     def take(self, rows: np.ndarray) -> Tokens:
-        return Tokens(self.x.take(rows), [g.take(rows) for g in self.groups], self.with_grams.take(rows))
+        return Tokens(self.x.take(rows), [g.take(rows) for g in self.groups], self.with_grams.take(rows),
+                      self.grams.take(rows))
 
 
 @dataclass(frozen=True)
 class TokenScores:
-    """Per message: the regression's logit (rules included) and the Bayes group averages."""
+    """Per message: the regression's logit (rules included) and the Bayes averages
+    (NB_GROUPS', then the character grams')."""
 
     lr: np.ndarray
     nb: np.ndarray  # one column per group
@@ -225,8 +229,8 @@ class Rows:
 
 
 def _fold_scores(task: tuple[Rows, np.ndarray, int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Fold k's messages' token scores (the regression's logit, Bayes group
-    averages) by token models fitted on the other folds."""
+    """Fold k's messages' token scores (the regression's logit, the Bayes averages)
+    by token models fitted on the other folds."""
     rows, fold, k, iterations = task
     train_idx = np.flatnonzero(fold != k)
     test_idx = np.flatnonzero(fold == k)
@@ -236,7 +240,10 @@ def _fold_scores(task: tuple[Rows, np.ndarray, int, int]) -> tuple[np.ndarray, n
     # A column's Bayes weight does not depend on the other columns: fitted once
     # on all of a message's token features, averaged per group.
     nb_w = fit_nb(train.x, y, NB_ALPHA)
-    return (test.with_grams.dot(w) + b + rows.offset[test_idx], np.column_stack([g.row_means(nb_w) for g in test.groups]))
+    # The grams' own weights: where a gram shares a column with a token, their counts would mix.
+    gram_nb_w = fit_nb(train.grams, y, NB_ALPHA)
+    nb = [g.row_means(nb_w) for g in test.groups] + [test.grams.row_means(gram_nb_w)]
+    return test.with_grams.dot(w) + b + rows.offset[test_idx], np.column_stack(nb)
 
 
 def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[R]:
@@ -253,7 +260,7 @@ def _in_order(fn: Callable[[T], R], tasks: list[T], processes: int) -> Iterator[
 def _out_of_fold(rows: Rows, fold: np.ndarray, iterations: int, processes: int = 1) -> TokenScores:
     """Scores of each message by token models fitted on the folds it is not in."""
     lr = np.zeros(len(rows.y))
-    nb = np.zeros((len(rows.y), len(rows.tok.groups)))
+    nb = np.zeros((len(rows.y), len(rows.tok.groups) + 1))
     ks = np.unique(fold).tolist()
     tasks = [(rows, fold, k, iterations) for k in ks]
     for k, (fold_lr, fold_nb) in zip(ks, _in_order(_fold_scores, tasks, processes)):
@@ -354,7 +361,7 @@ def prepare(examples: list[Example],
     feature_rows = [g[0] for g in grouped]
     tok = Tokens(Matrix.from_rows(feature_rows),
                  [Matrix.from_rows([g[1][i] for g in grouped]) for i in range(len(NB_GROUPS))],
-                 Matrix.from_rows([g[2] for g in grouped]))
+                 Matrix.from_rows([g[2] for g in grouped]), Matrix.from_rows([g[3] for g in grouped]))
     return TrainingSet(examples, Rows(
         tok,
         np.array([1.0 if e.spam else 0.0 for e in examples]),
@@ -413,6 +420,7 @@ def run_training(
     w, b = fit(rows.tok.with_grams, y, rows.offset, L2, iterations, rows.weight)
     w[np.abs(w) < 1e-4] = 0.0  # drop noise weights: the artifact compresses to a fraction
     nb = fit_nb(rows.tok.x, y, NB_ALPHA)
+    gram_nb = fit_nb(rows.tok.grams, y, NB_ALPHA)
     stumps = _second_stage(token_oof, rows.message_counts, y)
     manifest_digest = hashlib.sha256(manifest.read_bytes()).hexdigest()
     meta = {
@@ -432,7 +440,8 @@ def run_training(
                                            "ham_flagged": round(op.nested_flagged, 5)}
                           for op in points}},
     }
-    model = SpamModel(w.astype(np.float32), float(b), nb.astype(np.float32), stumps, cut, meta)
+    model = SpamModel(w.astype(np.float32), float(b), nb.astype(np.float32), gram_nb.astype(np.float32),
+                      stumps, cut, meta)
     if out is not None:
         model.save(out)
         log(f"wrote {out} ({out.stat().st_size // 1024} KiB)")

@@ -22,9 +22,12 @@ def test_shipped_model_loads_with_metadata():
     assert model.meta["feature_version"] == FEATURE_VERSION and model.meta["dim"] == DIM
     assert model.weights.shape == (DIM,) and model.weights.dtype == np.float32
     assert model.nb_weights.shape == (DIM,) and model.nb_weights.dtype == np.float32
+    assert model.gram_nb_weights.shape == (DIM,) and model.gram_nb_weights.dtype == np.float32
+    # Fitted on other columns than the tokens' Bayes: not a copy of it.
+    assert not np.array_equal(model.nb_weights, model.gram_nb_weights)
     # The regression reads character grams, which no Bayes group holds: it has weights where the Bayes has none.
     raw = plain_message(body="Click below to claim your exclusive reward today.")
-    _, groups, with_grams = grouped_features(parse(raw))
+    _, groups, with_grams, _ = grouped_features(parse(raw))
     grams_only = np.array(sorted(set(with_grams).difference(*groups)))
     assert grams_only.size and np.count_nonzero(model.weights[grams_only]) > 0
     assert model.meta["trained_on"]["messages"] > 1000
@@ -209,7 +212,7 @@ def test_html_structure_becomes_its_own_token_group():
     assert {"ht:table", "ht:font", "ha:font.size", "hv:size=+2", "hv:color=#ff0000", "hv:width=600",
             "hv:bgcolor=#ffffff", "ha:p.style", "hc:display=none", "hc:font-size=1px"} <= html
     assert not any(t.startswith(("ht:", "ha:", "hv:", "hc:")) for t in tokens(parse(raw)))
-    _, groups, _ = grouped_features(parse(msg.as_bytes()))
+    _, groups, _, _ = grouped_features(parse(msg.as_bytes()))
     assert _index("hv:size=+2") in groups[NB_GROUPS.index("html")]
     assert _index("hv:size=+2") not in groups[NB_GROUPS.index("structure")]
 
@@ -271,7 +274,8 @@ def test_averaged_stumps_score_the_mean_of_their_parts():
 
 def test_artifact_from_another_feature_version_is_refused(tmp_path):
     model = SpamModel.load()
-    stale = SpamModel(model.weights, model.bias, model.nb_weights, model.stumps, model.threshold,
+    stale = SpamModel(model.weights, model.bias, model.nb_weights, model.gram_nb_weights, model.stumps,
+                      model.threshold,
                       {**model.meta, "feature_version": FEATURE_VERSION + 1})
     stale.save(tmp_path / "stale.npz")
     with pytest.raises(ValueError, match="retrain"):
@@ -290,7 +294,7 @@ def test_naive_bayes_weighs_tokens_by_the_class_they_appear_in():
 
 def test_bayes_groups_split_body_subject_sender_and_structure():
     msg = parse(plain_message(subject="Quarterly figures", body="kernel patch attached"))
-    all_ids, groups, with_grams = grouped_features(msg)
+    all_ids, groups, with_grams, text_grams = grouped_features(msg)
     assert len(groups) == len(NB_GROUPS) and all_ids == features(msg)
     body, subject, sender, structure, markup = (set(g) for g in groups)
     assert {_index("kernel"), _index("patch")} <= body
@@ -301,21 +305,30 @@ def test_bayes_groups_split_body_subject_sender_and_structure():
     assert set(all_ids) == body | subject | sender | structure
     grams = {_index("c4:" + g) for g in ("kern", "patc", "el p", "h at", "ched")}
     assert grams <= set(with_grams) and set(all_ids) < set(with_grams)
+    assert grams <= set(text_grams) and not set(all_ids) & set(text_grams)
     assert not grams & set(all_ids)
 
 
-def test_character_grams_read_the_closing_text_with_white_space_as_one_space():
+def test_character_grams_read_the_text_and_its_closing_part_with_white_space_as_one_space():
     def grams(*texts: str) -> set[int]:
         return {_index("c4:" + t) for t in texts}
 
-    assert set(gram_ids("free\n\n  offer")) == grams("free", "ree ", "ee o", "e of", " off", "offe", "ffer")
-    long = "zzzz" + "a" * GRAM_CHARS
-    assert gram_ids(long) == [_index("c4:aaaa")] * (GRAM_CHARS - 3)  # they begin with the last GRAM_CHARS
-    assert gram_ids("abc") == []
+    for ids in gram_ids("free\n\n  offer"):
+        assert set(ids) == grams("free", "ree ", "ee o", "e of", " off", "offe", "ffer")
+    every, closing = gram_ids("zzzz" + "a" * GRAM_CHARS)
+    assert closing == [_index("c4:aaaa")] * (GRAM_CHARS - 3)  # they begin with the last GRAM_CHARS
+    assert every[:4] == [_index("c4:" + g) for g in ("zzzz", "zzza", "zzaa", "zaaa")] and every[4:] == closing
+    assert gram_ids("abc") == ([], [])
     # Scripts train.tsv's ham never uses are left out, as for every other token.
-    assert set(gram_ids("hi \u3053\u3093\u306b\u3061\u306f there")) == grams(" the", "ther", "here")
-    assert set(gram_ids("caf\u00e9 cr\u00e8me")) == grams("caf\u00e9", "af\u00e9 ", "f\u00e9 c", "\u00e9 cr",
-                                                         " cr\u00e8", "cr\u00e8m", "r\u00e8me")
+    for ids in gram_ids("hi \u3053\u3093\u306b\u3061\u306f there"):
+        assert set(ids) == grams(" the", "ther", "here")
+    # ... also inside the closing part, which still ends where the text does.
+    every, closing = gram_ids("a" * GRAM_CHARS + "\u3053bbbb")
+    assert closing == [_index("c4:aaaa")] * (GRAM_CHARS - 8) + [_index("c4:bbbb")]
+    assert every == [_index("c4:aaaa")] * (GRAM_CHARS - 3) + [_index("c4:bbbb")]
+    for ids in gram_ids("caf\u00e9 cr\u00e8me"):
+        assert set(ids) == grams("caf\u00e9", "af\u00e9 ", "f\u00e9 c", "\u00e9 cr", " cr\u00e8", "cr\u00e8m",
+                                 "r\u00e8me")
 
 
 def test_row_means_of_empty_rows_are_zero():
