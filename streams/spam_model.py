@@ -7,7 +7,7 @@ and how they agree with each other, whether the mail names its addressee and
 its sender, MIME structure, link domains, and the HTML's tags, attributes and
 presentation values (font sizes, colours, widths, inline styles).
 
-Two kinds of token model read the same hashed features: logistic regression,
+Two kinds of token model read the hashed features: logistic regression,
 and a naive Bayes whose smoothing is tiny, so that a token seen in only one
 class weighs heavily. The regression (v14) reads, besides the tokens, the
 character 4-grams of the sender's text's last 1,000 characters: spellings and
